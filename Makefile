@@ -1,0 +1,36 @@
+# Two commands do the whole set-up on a fresh machine:
+#   make demo   - create .venv, install everything, run the main job on the built-in model
+#   make test   - create .venv, install everything, lint, type-check and run the tests
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+OUT ?= out
+
+.PHONY: install demo test lint clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# torch first and pinned: a looser spec can pull a multi-GB CUDA build.
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e ".[all]"
+	touch $@
+
+install: $(BIN)/.installed
+
+demo: install
+	mkdir -p $(OUT)
+	$(BIN)/mor-edge info
+	$(BIN)/python -c "from skimage import data; from PIL import Image; Image.fromarray(data.chelsea()[::4, ::4]).save('$(OUT)/demo_lr.png')"
+	$(BIN)/mor-edge upscale $(OUT)/demo_lr.png $(OUT)/demo_sr.png
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+test: lint
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) $(OUT) build dist *.egg-info

@@ -1,0 +1,183 @@
+"""Mixture-of-Ranks adapter layers.
+
+A LoRA of rank R is treated as R rank-1 experts ``b_i a_i^T``. The first S are shared and
+always on; the other E are routed by a per-layer gate over E + Z slots (Z zero slots that
+add nothing). A layer does not route by itself: the model computes per-image rank weights
+with `mor_edge.routing` and hands them to each layer with `set_rank_weights`, so training,
+evaluation and export share one routing path.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import MoRConfig
+
+
+class MoRLayer(nn.Module):
+    """Base class: owns A, B, the gate, the current rank weights and the merge state."""
+
+    base: nn.Linear | nn.Conv2d
+    lora_A: nn.Parameter
+    lora_B: nn.Parameter
+
+    def __init__(self, base: nn.Linear | nn.Conv2d, config: MoRConfig, gate_dim: int) -> None:
+        super().__init__()
+        self.base = base
+        for p in base.parameters():
+            p.requires_grad_(False)
+        self.rank = config.rank
+        self.shared = config.shared
+        self.routed = config.routed
+        self.zero_slots = config.zero_slots
+        self.top_k = config.top_k
+        self.scaling = config.scale
+        self.gate = nn.Linear(gate_dim, config.slots)
+        self._rank_weights: torch.Tensor | None = None
+        self._merged: torch.Tensor | None = None
+
+    def reset_adapter(self) -> None:
+        """LoRA init (A random, B zero: the adapter starts as a no-op) and a spread-out gate
+        so that different degradations pick different experts from the start."""
+        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
+        nn.init.zeros_(self.lora_B)
+        nn.init.normal_(self.gate.weight, std=1.0)
+        nn.init.normal_(self.gate.bias, std=0.1)
+
+    # -- subclasses -------------------------------------------------------------------
+    def _down(self, x: torch.Tensor) -> torch.Tensor:
+        """A x: the R rank activations."""
+        raise NotImplementedError
+
+    def _up(self, h: torch.Tensor) -> torch.Tensor:
+        """B h: back to the base layer's output space."""
+        raise NotImplementedError
+
+    def _weight_delta(self, rank_weights: torch.Tensor) -> torch.Tensor:
+        """sum_i w_i b_i a_i^T in the base weight's shape, before scaling."""
+        raise NotImplementedError
+
+    def _scale_ranks(self, h: torch.Tensor, rank_weights: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    # -- routing state ----------------------------------------------------------------
+    def set_rank_weights(self, rank_weights: torch.Tensor | None) -> None:
+        """Per-image weight of every rank, shape (N, R); None switches the adapter off."""
+        self._rank_weights = rank_weights
+
+    @property
+    def rank_weights(self) -> torch.Tensor | None:
+        return self._rank_weights
+
+    # -- merge ------------------------------------------------------------------------
+    @property
+    def merged(self) -> bool:
+        return self._merged is not None
+
+    def delta_weight(self, rank_weights: torch.Tensor) -> torch.Tensor:
+        """The scaled weight change for one fixed rank-weight vector of shape (R,)."""
+        if rank_weights.shape != (self.rank,):
+            raise ValueError(
+                f"expected rank weights of shape ({self.rank},), got {tuple(rank_weights.shape)}"
+            )
+        return self.scaling * self._weight_delta(rank_weights.to(self.base.weight.dtype))
+
+    @torch.no_grad()
+    def merge(self, rank_weights: torch.Tensor) -> None:
+        """Fold a fixed expert mask into the base weight (static routing)."""
+        if self.merged:
+            raise RuntimeError("layer is already merged; unmerge first")
+        delta = self.delta_weight(rank_weights)
+        self.base.weight.add_(delta)
+        self._merged = delta
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        if self._merged is None:
+            raise RuntimeError("layer is not merged")
+        self.base.weight.sub_(self._merged)
+        self._merged = None
+
+    # -- forward ----------------------------------------------------------------------
+    def adapter_output(self, x: torch.Tensor, rank_weights: torch.Tensor) -> torch.Tensor:
+        """scaling * B(w * A x) with per-image rank weights w of shape (N, R)."""
+        h = self._down(x)
+        h = self._scale_ranks(h, rank_weights.to(h.dtype))
+        return self.scaling * self._up(h)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.base(x)
+        if self._merged is not None or self._rank_weights is None:
+            return y
+        return y + self.adapter_output(x, self._rank_weights)
+
+
+class MoRLinear(MoRLayer):
+    """MoR around an `nn.Linear`: A is (R, in), B is (out, R)."""
+
+    base: nn.Linear
+
+    def __init__(self, base: nn.Linear, config: MoRConfig, gate_dim: int) -> None:
+        super().__init__(base, config, gate_dim)
+        self.lora_A = nn.Parameter(torch.empty(config.rank, base.in_features))
+        self.lora_B = nn.Parameter(torch.empty(base.out_features, config.rank))
+        self.reset_adapter()
+
+    def _down(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.lora_A)
+
+    def _up(self, h: torch.Tensor) -> torch.Tensor:
+        return F.linear(h, self.lora_B)
+
+    def _scale_ranks(self, h: torch.Tensor, rank_weights: torch.Tensor) -> torch.Tensor:
+        # h is (N, ..., R): broadcast the per-image weights over the middle dimensions.
+        shape = (rank_weights.shape[0],) + (1,) * (h.dim() - 2) + (self.rank,)
+        return h * rank_weights.reshape(shape)
+
+    def _weight_delta(self, rank_weights: torch.Tensor) -> torch.Tensor:
+        return (self.lora_B * rank_weights) @ self.lora_A
+
+
+class MoRConv2d(MoRLayer):
+    """MoR around an `nn.Conv2d`: A is the k x k conv (in -> R), B a 1 x 1 conv (R -> out)."""
+
+    base: nn.Conv2d
+
+    def __init__(self, base: nn.Conv2d, config: MoRConfig, gate_dim: int) -> None:
+        if base.groups != 1:
+            raise ValueError("MoRConv2d supports only groups=1 convolutions")
+        super().__init__(base, config, gate_dim)
+        kh, kw = base.kernel_size  # type: ignore[misc]
+        self.lora_A = nn.Parameter(torch.empty(config.rank, base.in_channels, kh, kw))
+        self.lora_B = nn.Parameter(torch.empty(base.out_channels, config.rank, 1, 1))
+        self.reset_adapter()
+
+    def _down(self, x: torch.Tensor) -> torch.Tensor:
+        b = self.base
+        if b.padding_mode != "zeros":
+            x = F.pad(x, b._reversed_padding_repeated_twice, mode=b.padding_mode)
+            return F.conv2d(x, self.lora_A, None, b.stride, 0, b.dilation)
+        return F.conv2d(x, self.lora_A, None, b.stride, b.padding, b.dilation)
+
+    def _up(self, h: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(h, self.lora_B)
+
+    def _scale_ranks(self, h: torch.Tensor, rank_weights: torch.Tensor) -> torch.Tensor:
+        return h * rank_weights[:, :, None, None]
+
+    def _weight_delta(self, rank_weights: torch.Tensor) -> torch.Tensor:
+        b = self.lora_B[:, :, 0, 0] * rank_weights
+        return torch.einsum("or,rikl->oikl", b, self.lora_A)
+
+
+def wrap_layer(module: nn.Module, config: MoRConfig, gate_dim: int) -> MoRLayer | None:
+    """The MoR wrapper for a supported layer, or None when the layer cannot be adapted."""
+    if isinstance(module, nn.Linear):
+        return MoRLinear(module, config, gate_dim)
+    if isinstance(module, nn.Conv2d) and module.groups == 1:
+        return MoRConv2d(module, config, gate_dim)
+    return None

@@ -1,0 +1,97 @@
+"""The `mor-edge` CLI as a user runs it: real files in, real files out, one-line errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from mor_edge.cli import main
+from mor_edge.model import MoRSR
+
+
+def run(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(main, list(args))
+    return result.exit_code, result.output
+
+
+def write_photo(path: Path, w: int = 30, h: int = 20, fmt: str = "PNG") -> Path:
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(path, format=fmt)
+    return path
+
+
+def test_info_json_reports_the_builtin_model(tiny_model: MoRSR) -> None:
+    code, out = run("info", "--json")
+    assert code == 0, out
+    report = json.loads(out)
+    assert report["parameters"]["total"] == sum(p.numel() for p in tiny_model.parameters())
+    assert report["mor"]["rank"] == 16 and report["mor"]["routed"] == 12
+    assert report["mor"]["adapted_layers"]["unet"]["count"] == len(tiny_model.unet_layers())
+    assert set(report["macs"]) == {"router", "encoder", "unet", "decoder", "total"}
+    assert report["macs"]["decoder"] > report["macs"]["unet"] > report["macs"]["router"] > 0
+    assert report["sr_size"] == [256, 256]
+
+
+def test_info_table_and_model_folder(tiny_model: MoRSR, tmp_path: Path) -> None:
+    tiny_model.save_pretrained(tmp_path / "m")
+    code, out = run("info", str(tmp_path / "m"))
+    assert code == 0, out
+    assert "R=16 S=4 E=12 Z=4 k=4" in out and "MACs per stage" in out
+
+
+@pytest.mark.parametrize("fmt,ext", [("PNG", "png"), ("JPEG", "jpg")])
+def test_upscale_writes_a_4x_png(tmp_path: Path, fmt: str, ext: str) -> None:
+    src = write_photo(tmp_path / f"in.{ext}", fmt=fmt)
+    code, out = run("upscale", str(src), str(tmp_path / "out.png"))
+    assert code == 0, out
+    with Image.open(tmp_path / "out.png") as img:
+        assert img.format == "PNG" and img.size == (120, 80) and img.mode == "RGB"
+
+
+def test_upscale_matches_the_model(tiny_model: MoRSR, tmp_path: Path) -> None:
+    import torch
+
+    from mor_edge.image_io import load_image
+
+    src = write_photo(tmp_path / "in.png", 64, 64)
+    assert run("upscale", str(src), str(tmp_path / "out.png"))[0] == 0
+    with torch.no_grad():
+        want = (tiny_model(load_image(src))[0] * 255).round().permute(1, 2, 0).numpy()
+    got = np.asarray(Image.open(tmp_path / "out.png"), dtype=np.float32)
+    assert np.abs(got - want).max() <= 1.0
+
+
+@pytest.mark.parametrize(
+    "make,message",
+    [
+        (lambda p: None, "no such file"),
+        (lambda p: p.write_bytes(b""), "empty file"),
+        (lambda p: p.write_text("not an image"), "not an image"),
+        (lambda p: p.write_bytes(write_photo(p).read_bytes()[:200]), "unreadable image"),
+    ],
+)
+def test_upscale_bad_input_is_one_line_error(tmp_path: Path, make, message: str) -> None:  # type: ignore[no-untyped-def]
+    src = tmp_path / "in.png"
+    make(src)
+    code, out = run("upscale", str(src), str(tmp_path / "out.png"))
+    assert code == 1
+    assert out.strip().count("\n") == 0 and message in out and "Traceback" not in out
+    assert not (tmp_path / "out.png").exists()
+
+
+def test_upscale_unwritable_output(tmp_path: Path) -> None:
+    src = write_photo(tmp_path / "in.png")
+    code, out = run("upscale", str(src), str(tmp_path / "missing" / "out.png"))
+    assert code == 1 and "does not exist" in out
+    code, out = run("upscale", str(src), str(tmp_path / "out.jpg"))
+    assert code == 1 and ".png" in out
+
+
+def test_missing_model_folder(tmp_path: Path) -> None:
+    code, out = run("info", str(tmp_path))
+    assert code == 1 and "config.json is missing" in out
