@@ -17,11 +17,23 @@ BUILTIN_DIR = Path(__file__).parent / "builtin_model"
 RANDOM_LABEL = "random-init tiny (untrained, seed 0): outputs are not super-resolution"
 
 
+def random_model(seed: int = 0) -> MoRSR:
+    """A seeded random tiny model whose adapters and routing are live: B is drawn instead of
+    zero (else every adapter is a no-op) and the CLIP logit scale is lowered so that random
+    text embeddings give spread-out scores instead of saturated 0/1."""
+    torch.manual_seed(seed)
+    model = MoRSR(tiny_config(label=RANDOM_LABEL))
+    with torch.no_grad():
+        for layer in model.layers().values():
+            torch.nn.init.normal_(layer.lora_B, std=0.02)
+        model.estimator.logit_scale.fill_(10.0)
+    return model.eval()
+
+
 def builtin_model() -> MoRSR:
     if (BUILTIN_DIR / CONFIG_NAME).is_file():
         return MoRSR.from_pretrained(BUILTIN_DIR)
-    torch.manual_seed(0)
-    return MoRSR(tiny_config(label=RANDOM_LABEL)).eval()
+    return random_model()
 
 
 def load_model(path: str | Path | None = None) -> MoRSR:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -91,21 +92,218 @@ def info(model_dir: str | None, as_json: bool) -> None:
 @click.argument("input_path", metavar="IN", type=click.Path(dir_okay=False))
 @click.argument("output_path", metavar="OUT", type=click.Path(dir_okay=False))
 @model_option
+@click.option(
+    "--artifact",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Run an exported artifact folder instead of the PyTorch reference.",
+)
+@click.option("--threads", type=click.IntRange(1), default=None, help="Runtime threads (artifact only).")
 @user_errors
-def upscale(input_path: str, output_path: str, model_dir: str | None) -> None:
-    """Super-resolve the PNG or JPEG image IN and write the PNG OUT with the PyTorch
-    reference model."""
+def upscale(
+    input_path: str, output_path: str, model_dir: str | None, artifact: str | None, threads: int | None
+) -> None:
+    """Super-resolve the PNG or JPEG image IN and write the PNG OUT, with the PyTorch
+    reference model (default) or an exported artifact."""
+    import torch
+
     from .image_io import check_output_path, load_image, save_image
     from .upscale import upscale_image
 
     check_output_path(output_path)
     lr = load_image(input_path)
-    model = _load(model_dir)
-    if model.config.label:
-        click.echo(f"note: {model.config.label}", err=True)
-    sr = upscale_image(model, lr)
+    if artifact is not None:
+        from mor_edge.runtimes.base import load_runtime
+
+        result = load_runtime(artifact, threads).pipeline(lr.numpy())
+        sr = torch.from_numpy(result.sr)
+    else:
+        model = _load(model_dir)
+        if model.config.label:
+            click.echo(f"note: {model.config.label}", err=True)
+        sr = upscale_image(model, lr)
     save_image(sr, output_path)
     click.echo(f"{input_path} ({lr.shape[3]}x{lr.shape[2]}) -> {output_path} ({sr.shape[3]}x{sr.shape[2]})")
+
+
+def _reference_for(artifact_dir: str, model_dir: str | None) -> Any:
+    """The model an artifact was exported from (its manifest says where), hash-checked."""
+    from mor_edge.export.manifest import Artifact, model_fingerprint
+
+    manifest = Artifact(artifact_dir).manifest
+    source = model_dir or manifest["model"]["source"]
+    model = _load(None if source == "builtin" else source)
+    if model_fingerprint(model) != manifest["model"]["hash"]:
+        raise UserError(
+            f"{artifact_dir} was exported from a different model than {source!r} "
+            "(hash mismatch); pass the right one with --model"
+        )
+    return model
+
+
+def _print_parity(report: dict[str, Any]) -> None:
+    click.echo(f"\nparity ({report['precision']}, {report['routing']} routing, {report['samples']} images)")
+    click.echo(f"  {'stage':<12}{'max_abs':>12}{'scaled':>12}{'PSNR dB':>10}")
+    for stage in ("router", "encoder", "unet", "decoder", "end_to_end"):
+        r = report[stage]
+        click.echo(f"  {stage:<12}{r['max_abs']:>12.3g}{r['max_abs_scaled']:>12.3g}{r['psnr_db']:>10.1f}")
+    click.echo(f"  routing agreement {report['routing_agreement']:.3f} ({report['routing_agreement_kind']})")
+    click.echo(f"  static bucketing vs exact routing (reference): {report['bucketing_cost_psnr_db']:.1f} dB")
+    click.echo("  PASSED" if report["passed"] else "  FAILED: " + "; ".join(report["failures"]))
+
+
+def _print_bench(report: dict[str, Any]) -> None:
+    click.echo(
+        f"\nlatency ({report['runtime']} {report.get('version', '')}, {report['threads']} threads, "
+        f"{report['precision']}, {report['routing']}; median of {report['end_to_end']['runs']} runs)"
+    )
+    click.echo(f"  {'stage':<12}{'median ms':>11}{'p90 ms':>10}")
+    for name, r in [*report["stages"].items(), ("end_to_end", report["end_to_end"])]:
+        click.echo(f"  {name:<12}{r['median_ms']:>11.2f}{r['p90_ms']:>10.2f}")
+
+
+def _parity(artifact_dir: str, model: Any, samples: int, seed: int, threads: int | None) -> dict[str, Any]:
+    from mor_edge.runtimes.base import load_runtime
+    from mor_edge.runtimes.parity import run_parity
+
+    return run_parity(load_runtime(artifact_dir, threads), model, samples=samples, seed=seed)
+
+
+def _bench(artifact_dir: str, warmup: int, runs: int, threads: int | None, progress: bool) -> dict[str, Any]:
+    from mor_edge.runtimes.base import load_runtime
+    from mor_edge.runtimes.latency import run_bench
+
+    return run_bench(load_runtime(artifact_dir, threads), warmup=warmup, runs=runs, progress=progress)
+
+
+threads_option = click.option(
+    "--threads", type=click.IntRange(1), default=None, help="Runtime threads (default: all cores)."
+)
+samples_option = click.option(
+    "--samples", type=click.IntRange(1), default=6, show_default=True, help="Degraded held-out images."
+)
+
+
+@main.command("export")
+@click.option("--target", type=click.Choice(["onnx"]), default="onnx", show_default=True)
+@click.option(
+    "--routing",
+    type=click.Choice(["static", "dynamic", "base"]),
+    default="static",
+    show_default=True,
+    help="static: experts folded per degradation bucket; dynamic: in-graph TopK + Gather on s; "
+    "base: adapters off (a latency baseline).",
+)
+@click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True)
+@click.option(
+    "--bucket-levels",
+    type=click.IntRange(1, 4),
+    default=2,
+    show_default=True,
+    help="Static routing: grid cells per degradation score (levels^K buckets).",
+)
+@click.option(
+    "--dynamic-form",
+    type=click.Choice(["fold", "gather"]),
+    default="fold",
+    show_default=True,
+    help="Dynamic routing: fold the selected ranks into the weights in-graph, or apply them "
+    "to the activations.",
+)
+@click.option(
+    "--exporter", type=click.Choice(["torchscript", "dynamo"]), default="torchscript", show_default=True
+)
+@model_option
+@click.option("--out", type=click.Path(file_okay=False), default=None, help="Artifact folder to write.")
+@click.option("--force", is_flag=True, help="Replace an existing artifact folder.")
+@click.option("--skip-parity", is_flag=True, help="Do not run the parity gates after exporting.")
+@click.option("--skip-bench", is_flag=True, help="Do not measure latency after exporting.")
+@samples_option
+@threads_option
+@user_errors
+def export_command(
+    target: str,
+    routing: str,
+    precision: str,
+    bucket_levels: int,
+    dynamic_form: str,
+    exporter: str,
+    model_dir: str | None,
+    out: str | None,
+    force: bool,
+    skip_parity: bool,
+    skip_bench: bool,
+    samples: int,
+    threads: int | None,
+) -> None:
+    """Export the model (default: built-in) to TARGET, then check parity against the PyTorch
+    reference (exit 1 if a gate fails) and print the latency table."""
+    from mor_edge.export.exporter import export
+    from mor_edge.export.routing_plan import default_buckets
+
+    model = _load(model_dir)
+    out = out or f"artifacts/{model.config.name}-{target}-{routing}-{precision}"
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    path = export(
+        model,
+        out,
+        target=target,
+        routing=routing,
+        precision=precision,
+        buckets=default_buckets(model, bucket_levels) if routing == "static" else None,
+        force=force,
+        model_source="builtin" if model_dir is None else str(Path(model_dir).resolve()),
+        target_options={"exporter": exporter},
+        dynamic_form=dynamic_form,
+    )
+    click.echo(f"wrote {path}")
+    failed = False
+    if not skip_parity:
+        report = _parity(str(path), model, samples, 0, threads)
+        _print_parity(report)
+        failed = not report["passed"]
+    if not skip_bench:
+        _print_bench(_bench(str(path), 3, 10, threads, progress=True))
+    if failed:
+        raise click.ClickException("parity gates failed (see above); the artifact is kept for inspection")
+
+
+@main.command()
+@click.argument("artifact", type=click.Path(file_okay=False))
+@model_option
+@samples_option
+@click.option("--seed", type=int, default=0, show_default=True)
+@threads_option
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@user_errors
+def parity(
+    artifact: str, model_dir: str | None, samples: int, seed: int, threads: int | None, as_json: bool
+) -> None:
+    """Compare ARTIFACT with the PyTorch reference per stage and end to end on seeded degraded
+    held-out photos; exit 1 if a gate fails."""
+    report = _parity(artifact, _reference_for(artifact, model_dir), samples, seed, threads)
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+    else:
+        _print_parity(report)
+    if not report["passed"]:
+        raise SystemExit(1)
+
+
+@main.command()
+@click.argument("artifact", type=click.Path(file_okay=False))
+@click.option("--warmup", type=click.IntRange(0), default=3, show_default=True)
+@click.option("--runs", type=click.IntRange(1), default=10, show_default=True)
+@threads_option
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@user_errors
+def bench(artifact: str, warmup: int, runs: int, threads: int | None, as_json: bool) -> None:
+    """Single-step latency of ARTIFACT per stage and end to end: warm-up, then median and p90."""
+    report = _bench(artifact, warmup, runs, threads, progress=not as_json)
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+    else:
+        _print_bench(report)
 
 
 if __name__ == "__main__":

@@ -48,6 +48,12 @@ def to_pil(image: torch.Tensor) -> Image.Image:
     return Image.fromarray(array, mode="RGB")
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def check_output_path(path: str | Path) -> Path:
     """Fail before any work is done if `path` cannot become a PNG output."""
     path = Path(path)
@@ -73,6 +79,7 @@ def save_image(image: torch.Tensor, path: str | Path) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             to_pil(image).save(f, format="PNG")
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes the file private; honour the umask
         os.replace(tmp, path)
     except OSError as exc:
         Path(tmp).unlink(missing_ok=True)

@@ -121,16 +121,23 @@ class MoRSR(nn.Module):
         """Degradation vector s (N, K) from the LR image."""
         return self.estimator(lr)
 
-    def encode(self, up: torch.Tensor, s: torch.Tensor, buckets: Buckets | None = None) -> torch.Tensor:
-        """Upsampled image in [-1, 1] -> scaled latent (posterior mode)."""
-        apply_routing(self.encoder_layers(), s, buckets)
+    def encode(
+        self, up: torch.Tensor, s: torch.Tensor | None, buckets: Buckets | None = None, form: str = "dense"
+    ) -> torch.Tensor:
+        """Upsampled image in [-1, 1] -> scaled latent (posterior mode). With `s` None the
+        adapters keep their current state (merged for a static export)."""
+        if s is not None:
+            apply_routing(self.encoder_layers(), s, buckets, form)
         moments = self.vae.quant_conv(self.vae.encoder(up)) if self.vae.quant_conv else self.vae.encoder(up)
         mean = moments.chunk(2, dim=1)[0]
         return mean * self.vae.config.scaling_factor
 
-    def denoise(self, z: torch.Tensor, s: torch.Tensor, buckets: Buckets | None = None) -> torch.Tensor:
+    def denoise(
+        self, z: torch.Tensor, s: torch.Tensor | None, buckets: Buckets | None = None, form: str = "dense"
+    ) -> torch.Tensor:
         """One UNet step at the fixed timestep: latent -> predicted clean latent x0."""
-        apply_routing(self.unet_layers(), s, buckets)
+        if s is not None:
+            apply_routing(self.unet_layers(), s, buckets, form)
         n = z.shape[0]
         pred = self.unet(
             z, self.timestep.expand(n), encoder_hidden_states=self.prompt_embeds.expand(n, -1, -1)

@@ -2,9 +2,15 @@
 
 A LoRA of rank R is treated as R rank-1 experts ``b_i a_i^T``. The first S are shared and
 always on; the other E are routed by a per-layer gate over E + Z slots (Z zero slots that
-add nothing). A layer does not route by itself: the model computes per-image rank weights
-with `mor_edge.routing` and hands them to each layer with `set_rank_weights`, so training,
-evaluation and export share one routing path.
+add nothing). A layer does not route by itself: the model computes per-image routing with
+`mor_edge.routing` and hands it to each layer, so training, evaluation and export share one
+routing path. A layer applies it in one of two equivalent forms:
+
+- dense (`set_rank_weights`): all R ranks are computed and scaled by per-image weights
+  (0 for unselected experts). Simple, and what training uses.
+- gather (`set_selection`): only the S shared and the k selected ranks are computed, their
+  rows of A and columns of B gathered by index, zero slots as zero rows. This is the
+  in-graph dynamic routing of exported models (TopK + Gather), at S + k ranks of cost.
 """
 
 from __future__ import annotations
@@ -38,6 +44,8 @@ class MoRLayer(nn.Module):
         self.scaling = config.scale
         self.gate = nn.Linear(gate_dim, config.slots)
         self._rank_weights: torch.Tensor | None = None
+        self._selection: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._fold_selection = False
         self._merged: torch.Tensor | None = None
 
     def reset_adapter(self) -> None:
@@ -64,10 +72,26 @@ class MoRLayer(nn.Module):
     def _scale_ranks(self, h: torch.Tensor, rank_weights: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def _gathered_output(self, x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """B_n (A_n x_n) per image with per-image factors a (N, r, ...) and b (N, out, r)."""
+        raise NotImplementedError
+
+    def _folded_output(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """The base op with a per-image weight (N, *base.weight.shape) and the base bias."""
+        raise NotImplementedError
+
     # -- routing state ----------------------------------------------------------------
     def set_rank_weights(self, rank_weights: torch.Tensor | None) -> None:
         """Per-image weight of every rank, shape (N, R); None switches the adapter off."""
         self._rank_weights = rank_weights
+        self._selection = None
+
+    def set_selection(self, indices: torch.Tensor, weights: torch.Tensor, fold: bool = False) -> None:
+        """Selected slots (N, k) and their gate weights (N, k), applied in gather form: on the
+        activations, or (``fold=True``) folded into a per-image weight before one base op."""
+        self._selection = (indices, weights)
+        self._fold_selection = fold
+        self._rank_weights = None
 
     @property
     def rank_weights(self) -> torch.Tensor | None:
@@ -91,15 +115,16 @@ class MoRLayer(nn.Module):
         """Fold a fixed expert mask into the base weight (static routing)."""
         if self.merged:
             raise RuntimeError("layer is already merged; unmerge first")
-        delta = self.delta_weight(rank_weights)
-        self.base.weight.add_(delta)
-        self._merged = delta
+        original = self.base.weight.detach().clone()
+        self.base.weight.add_(self.delta_weight(rank_weights))
+        self._merged = original
 
     @torch.no_grad()
     def unmerge(self) -> None:
+        """Restore the exact base weight (kept aside, not recomputed, so nothing drifts)."""
         if self._merged is None:
             raise RuntimeError("layer is not merged")
-        self.base.weight.sub_(self._merged)
+        self.base.weight.copy_(self._merged)
         self._merged = None
 
     # -- forward ----------------------------------------------------------------------
@@ -109,9 +134,32 @@ class MoRLayer(nn.Module):
         h = self._scale_ranks(h, rank_weights.to(h.dtype))
         return self.scaling * self._up(h)
 
+    def gathered_factors(
+        self, indices: torch.Tensor, weights: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-image A (N, S+k, ...) and weighted B (N, out, S+k) of the shared and selected
+        ranks. Zero slots index zero rows/columns appended after the E routed ones."""
+        n, s = indices.shape[0], self.shared
+        a, b = self.lora_A, self.lora_B.reshape(self.lora_B.shape[0], self.rank)
+        a_slots = torch.cat([a[s:], a.new_zeros((self.zero_slots, *a.shape[1:]))])
+        b_slots = torch.cat([b[:, s:], b.new_zeros((b.shape[0], self.zero_slots))], dim=1)
+        a_sel = torch.cat([a[:s].expand(n, *a[:s].shape), a_slots[indices]], dim=1)
+        b_sel = torch.cat([b[:, :s].expand(n, *b[:, :s].shape), b_slots[:, indices].transpose(0, 1)], dim=2)
+        w = torch.cat([weights.new_ones(n, s), weights], dim=1).to(b_sel.dtype)
+        return a_sel, b_sel * w[:, None, :]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._selection is not None and self._fold_selection and self._merged is None:
+            a, b = self.gathered_factors(*self._selection)
+            delta = torch.bmm(b, a.reshape(*a.shape[:2], -1)).reshape(a.shape[0], *self.base.weight.shape)
+            return self._folded_output(x, self.base.weight + self.scaling * delta)
         y = self.base(x)
-        if self._merged is not None or self._rank_weights is None:
+        if self._merged is not None:
+            return y
+        if self._selection is not None:
+            a, b = self.gathered_factors(*self._selection)
+            return y + self.scaling * self._gathered_output(x, a, b)
+        if self._rank_weights is None:
             return y
         return y + self.adapter_output(x, self._rank_weights)
 
@@ -140,6 +188,19 @@ class MoRLinear(MoRLayer):
 
     def _weight_delta(self, rank_weights: torch.Tensor) -> torch.Tensor:
         return (self.lora_B * rank_weights) @ self.lora_A
+
+    def _gathered_output(self, x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        x3 = x.reshape(x.shape[0], -1, x.shape[-1])
+        h = torch.bmm(x3, a.transpose(1, 2))
+        y = torch.bmm(h, b.transpose(1, 2))
+        return y.reshape(*x.shape[:-1], b.shape[1])
+
+    def _folded_output(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        x3 = x.reshape(x.shape[0], -1, x.shape[-1])
+        y = torch.bmm(x3, weight.transpose(1, 2))
+        if self.base.bias is not None:
+            y = y + self.base.bias
+        return y.reshape(*x.shape[:-1], weight.shape[1])
 
 
 class MoRConv2d(MoRLayer):
@@ -172,6 +233,29 @@ class MoRConv2d(MoRLayer):
     def _weight_delta(self, rank_weights: torch.Tensor) -> torch.Tensor:
         b = self.lora_B[:, :, 0, 0] * rank_weights
         return torch.einsum("or,rikl->oikl", b, self.lora_A)
+
+    def _grouped_conv(
+        self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, n: int
+    ) -> torch.Tensor:
+        """Per-image kernels in one conv: the N images become N channel groups."""
+        b = self.base
+        padding: str | tuple[int, ...] = b.padding  # type: ignore[assignment]
+        if b.padding_mode != "zeros":
+            x = F.pad(x, b._reversed_padding_repeated_twice, mode=b.padding_mode)
+            padding = 0
+        y = F.conv2d(x.reshape(1, -1, *x.shape[2:]), weight, bias, b.stride, padding, b.dilation, groups=n)
+        return y.reshape(n, -1, *y.shape[2:])
+
+    def _gathered_output(self, x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        n = x.shape[0]
+        h = self._grouped_conv(x, a.reshape(-1, *a.shape[2:]), None, n)
+        y = torch.bmm(b, h.reshape(n, a.shape[1], -1))
+        return y.reshape(n, b.shape[1], *h.shape[2:])
+
+    def _folded_output(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        n = x.shape[0]
+        bias = self.base.bias.repeat(n) if self.base.bias is not None else None
+        return self._grouped_conv(x, weight.reshape(-1, *weight.shape[2:]), bias, n)
 
 
 def wrap_layer(module: nn.Module, config: MoRConfig, gate_dim: int) -> MoRLayer | None:

@@ -10,9 +10,12 @@ import itertools
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from .mor_layers import MoRLayer
+
+ROUTING_FORMS = ("dense", "gather", "fold")
 
 
 @dataclass
@@ -64,16 +67,26 @@ def route_layer(layer: MoRLayer, s: torch.Tensor) -> Routing:
 
 
 def apply_routing(
-    layers: Mapping[str, MoRLayer], s: torch.Tensor, buckets: Buckets | None = None
+    layers: Mapping[str, MoRLayer],
+    s: torch.Tensor,
+    buckets: Buckets | None = None,
+    form: str = "dense",
 ) -> dict[str, Routing]:
-    """Route every layer on `s` (snapped to its bucket centre if `buckets` is given) and set
-    each layer's rank weights. Returns the routing per layer."""
+    """Route every layer on `s` (snapped to its bucket centre if `buckets` is given) and hand
+    the result to each layer in one of the equivalent forms of `ROUTING_FORMS`: "dense" rank
+    weights, or the selected indices applied on activations ("gather") or folded into a
+    per-image weight ("fold"). Returns the routing per layer."""
+    if form not in ROUTING_FORMS:
+        raise ValueError(f"form must be one of {ROUTING_FORMS}")
     if buckets is not None:
         s = buckets.snap(s)
     routings: dict[str, Routing] = {}
     for name, layer in layers.items():
         routing = route_layer(layer, s)
-        layer.set_rank_weights(rank_weights(routing, layer.shared))
+        if form == "dense":
+            layer.set_rank_weights(rank_weights(routing, layer.shared))
+        else:
+            layer.set_selection(routing.indices, routing.weights, fold=form == "fold")
         routings[name] = routing
     return routings
 
@@ -81,6 +94,13 @@ def apply_routing(
 def clear_routing(layers: Mapping[str, MoRLayer]) -> None:
     for layer in layers.values():
         layer.set_rank_weights(None)
+
+
+def nearest_centre(s: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    """The bucket rule, shared by the reference and every runtime: nearest centre by squared
+    Euclidean distance in float64, ties to the lower index."""
+    d = ((s.astype(np.float64)[:, None, :] - centres.astype(np.float64)[None]) ** 2).sum(-1)
+    return d.argmin(axis=1)
 
 
 class Buckets:
@@ -103,9 +123,9 @@ class Buckets:
         return cls(torch.tensor(list(itertools.product(axis, repeat=dims))))
 
     def assign(self, s: torch.Tensor) -> torch.Tensor:
-        """Index of the nearest centre per row of `s`, shape (N,). Ties go to the lower index."""
-        d = torch.cdist(s.float(), self.centres.to(s.device))
-        return d.argmin(dim=1)
+        """Index of the nearest centre per row of `s`, shape (N,), by `nearest_centre`."""
+        idx = nearest_centre(s.detach().cpu().numpy(), self.centres.numpy())
+        return torch.from_numpy(idx).to(s.device)
 
     def snap(self, s: torch.Tensor) -> torch.Tensor:
         return self.centres.to(device=s.device, dtype=s.dtype)[self.assign(s)]

@@ -119,7 +119,7 @@ def test_merge_reproduces_unmerged_and_unmerge_restores(kind: str) -> None:
         merged = layer(x)
         layer.unmerge()
     torch.testing.assert_close(merged, unmerged, rtol=0, atol=1e-5)
-    torch.testing.assert_close(layer.base.weight, original, rtol=0, atol=1e-6)
+    assert torch.equal(layer.base.weight, original)
     with pytest.raises(RuntimeError):
         layer.unmerge()
 
@@ -128,3 +128,28 @@ def test_no_rank_weights_means_base_only() -> None:
     layer, x = make_layer("conv")
     layer.set_rank_weights(None)
     torch.testing.assert_close(layer(x), layer.base(x))
+
+
+@pytest.mark.parametrize("kind", ["linear", "conv"])
+def test_gather_form_equals_dense_form(kind: str) -> None:
+    """Dynamic export computes only S + k gathered ranks; it must equal the dense form."""
+    layer, x = make_layer(kind)
+    routing = route_layer(layer, torch.rand(x.shape[0], K))
+    layer.set_rank_weights(rank_weights(routing, CFG.shared))
+    dense = layer(x)
+    layer.set_selection(routing.indices, routing.weights)
+    gathered = layer(x)
+    torch.testing.assert_close(gathered, dense, rtol=0, atol=1e-5)
+    a, b = layer.gathered_factors(routing.indices, routing.weights)
+    assert a.shape[:2] == (x.shape[0], CFG.shared + CFG.top_k)
+
+
+@pytest.mark.parametrize("kind", ["linear", "conv"])
+def test_folded_gather_form_equals_dense_form(kind: str) -> None:
+    """The in-graph weight-folding form of dynamic routing gives the same output."""
+    layer, x = make_layer(kind)
+    routing = route_layer(layer, torch.rand(x.shape[0], K))
+    layer.set_rank_weights(rank_weights(routing, CFG.shared))
+    dense = layer(x)
+    layer.set_selection(routing.indices, routing.weights, fold=True)
+    torch.testing.assert_close(layer(x), dense, rtol=0, atol=1e-5)

@@ -1,0 +1,92 @@
+"""The runtime interface every target implements, and the pipeline they all share."""
+
+from __future__ import annotations
+
+import abc
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from mor_edge.export.manifest import Artifact, ArtifactError
+
+from mor_edge.errors import UserError
+from mor_edge.routing import nearest_centre
+
+
+@dataclass
+class PipelineResult:
+    sr: np.ndarray  # (1, 3, H, W) in [0, 1]
+    s: np.ndarray  # (1, K)
+    bucket: int | None  # static routing only
+
+
+class Runtime(abc.ABC):
+    """Loads an artifact's stage files on one runtime and runs them.
+
+    Subclasses implement `_load` (file -> session) and `_run` (session, inputs -> outputs);
+    stage selection, static bucket choice and the pipeline are shared."""
+
+    name = "runtime"
+
+    def __init__(self, artifact: Artifact, threads: int | None = None) -> None:
+        self.artifact = artifact
+        self.threads = threads or os.cpu_count() or 1
+        self._sessions: dict[Path, Any] = {}
+
+    @abc.abstractmethod
+    def _load(self, path: Path) -> Any: ...
+
+    @abc.abstractmethod
+    def _run(self, session: Any, inputs: dict[str, np.ndarray]) -> list[np.ndarray]: ...
+
+    def describe(self) -> dict[str, Any]:
+        """What was run, for reports: runtime, version, threads."""
+        return {"runtime": self.name, "threads": self.threads}
+
+    def session(self, stage: str, bucket: int | None = None) -> Any:
+        path = self.artifact.stage_file(stage, bucket)
+        if path not in self._sessions:
+            self._sessions[path] = self._load(path)
+        return self._sessions[path]
+
+    def run_stage(self, stage: str, inputs: dict[str, np.ndarray], bucket: int | None = None) -> np.ndarray:
+        """Run one stage (the bucket's variant in static mode); returns its single output."""
+        return self._run(self.session(stage, bucket), inputs)[0]
+
+    def bucket_of(self, s: np.ndarray) -> int | None:
+        if self.artifact.routing != "static":
+            return None
+        return int(nearest_centre(s, self.artifact.bucket_centres)[0])
+
+    def lr_shape(self) -> tuple[int, ...]:
+        return tuple(self.artifact.stage("router")["inputs"][0]["shape"])
+
+    def pipeline(self, lr: np.ndarray) -> PipelineResult:
+        """One LR image (1, 3, h, w) in [0, 1] -> SR, routing on the router's `s`."""
+        if tuple(lr.shape) != self.lr_shape():
+            raise UserError(f"this artifact takes inputs of shape {self.lr_shape()}, got {tuple(lr.shape)}")
+        lr = lr.astype(np.float32)
+        s = self.run_stage("router", {"lr": lr})
+        bucket = self.bucket_of(s)
+        routed = {"s": s} if self.artifact.routing == "dynamic" else {}
+        latent = self.run_stage("encoder", {"lr": lr, **routed}, bucket)
+        x0 = self.run_stage("unet", {"latent": latent, **routed}, bucket)
+        sr = self.run_stage("decoder", {"x0": x0})
+        return PipelineResult(sr=sr, s=s, bucket=bucket)
+
+
+def load_runtime(folder: str | Path, threads: int | None = None) -> Runtime:
+    """Verify the artifact and open it on the runtime its target needs."""
+    artifact = Artifact(folder)
+    if artifact.target == "onnx":
+        try:
+            from .ort_runtime import OrtRuntime
+        except ImportError:
+            raise ArtifactError(
+                f"{folder}: ONNX artifacts need onnxruntime, which is not installed "
+                "(pip install 'mor-edge[onnx]')"
+            ) from None
+        return OrtRuntime(artifact, threads)
+    raise ArtifactError(f"{folder}: no runtime for target {artifact.target!r} in this mor-edge")

@@ -1,0 +1,153 @@
+"""Parity of an artifact against the PyTorch reference: per stage, end to end, routing.
+
+Every stage gets the reference's own inputs (so errors do not compound), and the end-to-end
+run chains the runtime's stages. A static artifact is compared with the reference routed on
+the bucketed `s`, so both sides compute the same function; what bucketing itself costs is
+reported apart, as the PSNR of the bucketed reference against the exactly routed one.
+Gates fail loudly: `passed` is False and the CLI exits non-zero.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+
+from mor_edge.data import degraded_pairs
+from mor_edge.model import MoRSR
+from mor_edge.routing import Buckets, apply_routing, clear_routing, nearest_centre
+
+from .base import Runtime
+
+# Gates per precision: worst image over the parity set. `stage_max_abs` applies to tensors of
+# unit scale; for larger ones it scales with max|reference| (float32 error is relative: x0 is
+# z / sqrt(alpha_bar_999), 14.6x the latent, and reaches |x0| ~ 60 on a random model, where
+# PyTorch fp32 itself is 7e-5 away from a float64 reference).
+GATES: dict[str, dict[str, float]] = {
+    "fp32": {"stage_max_abs": 1e-4, "end_to_end_psnr_db": 60.0, "routing_agreement": 0.99},
+    "fp16": {"stage_psnr_db": 30.0, "end_to_end_psnr_db": 30.0, "routing_agreement": 0.95},
+}
+
+
+def psnr(reference: np.ndarray, other: np.ndarray) -> float:
+    """PSNR in dB with the reference's value range as peak (1 for images in [0, 1])."""
+    peak = float(reference.max() - reference.min()) or 1.0
+    mse = float(np.mean((reference.astype(np.float64) - other.astype(np.float64)) ** 2))
+    return math.inf if mse == 0 else 10 * math.log10(peak**2 / mse)
+
+
+def _compare(pairs: list[tuple[np.ndarray, np.ndarray]]) -> dict[str, float]:
+    return {
+        "max_abs": max(float(np.abs(r - o).max()) for r, o in pairs),
+        "max_abs_scaled": max(
+            float(np.abs(r - o).max()) / max(1.0, float(np.abs(r).max())) for r, o in pairs
+        ),
+        "psnr_db": min(psnr(r, o) for r, o in pairs),
+    }
+
+
+def _selection_sets(model: MoRSR, s: torch.Tensor) -> list[list[frozenset[int]]]:
+    """Per layer, per image: the set of selected slots."""
+    routings = apply_routing(model.layers(), s)
+    return [[frozenset(row.tolist()) for row in r.indices] for r in routings.values()]
+
+
+def reference_stages(
+    model: MoRSR, lr: torch.Tensor, routing: str, buckets: Buckets | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The reference's s, latent, x0 and SR for one artifact routing mode (bucketed for
+    static, exact for dynamic, adapters off for base)."""
+    s = model.route(lr)
+    routed = None if routing == "base" else s
+    if routed is None:
+        clear_routing(model.layers())
+    z = model.encode(model.upsample(lr), routed, buckets)
+    x0 = model.denoise(z, routed, buckets)
+    return s, z, x0, model.decode(x0)
+
+
+@torch.no_grad()
+def run_parity(runtime: Runtime, model: MoRSR, samples: int = 6, seed: int = 0) -> dict[str, Any]:
+    artifact = runtime.artifact
+    model.eval()
+    pairs = degraded_pairs(model.config.sr_size, samples, seed)
+    static = artifact.routing == "static"
+    buckets = Buckets(torch.from_numpy(artifact.bucket_centres)) if static else None
+    stage_pairs: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {
+        k: [] for k in ("router", "encoder", "unet", "decoder", "end_to_end")
+    }
+    bucketing_cost, agree_bucket, s_ref_all, s_rt_all = [], [], [], []
+    for i in range(samples):
+        lr = pairs.lr[i : i + 1]
+        lr_np = lr.numpy()
+        s_ref, z_ref, x0_ref, sr_ref = reference_stages(model, lr, artifact.routing, buckets)
+        bucket = int(nearest_centre(s_ref.numpy(), artifact.bucket_centres)[0]) if static else None
+        routed = {"s": s_ref.numpy()} if artifact.routing == "dynamic" else {}
+        stage_pairs["router"].append((s_ref.numpy(), runtime.run_stage("router", {"lr": lr_np})))
+        stage_pairs["encoder"].append(
+            (z_ref.numpy(), runtime.run_stage("encoder", {"lr": lr_np, **routed}, bucket))
+        )
+        stage_pairs["unet"].append(
+            (x0_ref.numpy(), runtime.run_stage("unet", {"latent": z_ref.numpy(), **routed}, bucket))
+        )
+        stage_pairs["decoder"].append((sr_ref.numpy(), runtime.run_stage("decoder", {"x0": x0_ref.numpy()})))
+        result = runtime.pipeline(lr_np)
+        stage_pairs["end_to_end"].append((sr_ref.numpy(), result.sr))
+        s_ref_all.append(s_ref)
+        s_rt_all.append(torch.from_numpy(result.s))
+        if static:
+            agree_bucket.append(result.bucket == bucket)
+        exact = model(lr)
+        bucketed = model(lr, buckets=buckets or Buckets.grid(2, s_ref.shape[1]))
+        bucketing_cost.append(psnr(exact.numpy(), bucketed.numpy()))
+
+    if static:
+        agreement = float(np.mean(agree_bucket))
+    elif artifact.routing == "base":
+        agreement = 1.0
+    else:
+        ref_sets = _selection_sets(model, torch.cat(s_ref_all))
+        rt_sets = _selection_sets(model, torch.cat(s_rt_all))
+        agreement = min(
+            float(np.mean([a == b for a, b in zip(r, t, strict=True)]))
+            for r, t in zip(ref_sets, rt_sets, strict=True)
+        )
+
+    report: dict[str, Any] = {k: _compare(v) for k, v in stage_pairs.items()}
+    report["routing_agreement"] = agreement
+    report["routing_agreement_kind"] = {
+        "static": "bucket choice",
+        "dynamic": "top-k sets, worst layer",
+        "base": "no routing (adapters off)",
+    }[artifact.routing]
+    report["bucketing_cost_psnr_db"] = min(bucketing_cost)
+    report["samples"] = samples
+    report["seed"] = seed
+    report["precision"] = artifact.precision
+    report["routing"] = artifact.routing
+    report["gates"] = GATES[artifact.precision]
+    report["failures"] = gate_failures(report, GATES[artifact.precision])
+    report["passed"] = not report["failures"]
+    return report
+
+
+def gate_failures(report: dict[str, Any], gates: dict[str, float]) -> list[str]:
+    failures = []
+    for stage in ("router", "encoder", "unet", "decoder"):
+        scaled = report[stage]["max_abs_scaled"]
+        if "stage_max_abs" in gates and scaled > gates["stage_max_abs"]:
+            failures.append(f"{stage}: max_abs / max(1, |ref|) {scaled:.3g} > {gates['stage_max_abs']:g}")
+        if "stage_psnr_db" in gates and report[stage]["psnr_db"] < gates["stage_psnr_db"]:
+            failures.append(
+                f"{stage}: PSNR {report[stage]['psnr_db']:.1f} dB < {gates['stage_psnr_db']:g} dB"
+            )
+    e2e = report["end_to_end"]["psnr_db"]
+    if e2e < gates["end_to_end_psnr_db"]:
+        failures.append(f"end_to_end: PSNR {e2e:.1f} dB < {gates['end_to_end_psnr_db']:g} dB")
+    if report["routing_agreement"] < gates["routing_agreement"]:
+        failures.append(
+            f"routing agreement {report['routing_agreement']:.3f} < {gates['routing_agreement']:g}"
+        )
+    return failures
