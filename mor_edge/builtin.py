@@ -10,19 +10,19 @@ from pathlib import Path
 
 import torch
 
-from .config import tiny_config
+from .config import MoRSRConfig, tiny_config
 from .model import CONFIG_NAME, MoRSR
 
 BUILTIN_DIR = Path(__file__).parent / "builtin_model"
 RANDOM_LABEL = "random-init tiny (untrained, seed 0): outputs are not super-resolution"
 
 
-def random_model(seed: int = 0) -> MoRSR:
-    """A seeded random tiny model whose adapters and routing are live: B is drawn instead of
-    zero (else every adapter is a no-op) and the CLIP logit scale is lowered so that random
-    text embeddings give spread-out scores instead of saturated 0/1."""
+def random_model(config: MoRSRConfig | None = None, seed: int = 0) -> MoRSR:
+    """A seeded random model (tiny by default) whose adapters and routing are live: B is
+    drawn instead of zero (else every adapter is a no-op) and the CLIP logit scale is lowered
+    so that random text embeddings give spread-out scores instead of saturated 0/1."""
     torch.manual_seed(seed)
-    model = MoRSR(tiny_config(label=RANDOM_LABEL))
+    model = MoRSR(config or tiny_config(label=RANDOM_LABEL))
     with torch.no_grad():
         for layer in model.layers().values():
             torch.nn.init.normal_(layer.lora_B, std=0.02)

@@ -308,3 +308,151 @@ def bench(artifact: str, warmup: int, runs: int, threads: int | None, as_json: b
 
 if __name__ == "__main__":
     main()
+
+
+@main.command()
+@click.option("--preset", type=click.Choice(["tiny", "sd21"]), default="tiny", show_default=True)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False),
+    default="runs/tiny",
+    show_default=True,
+    help="Run folder: log.jsonl, checkpoint/ (resumed automatically), model/ at the end.",
+)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--sd",
+    "sd_folder",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Local Stable Diffusion folder: start from its weights (only the MoR stage trains).",
+)
+@click.option(
+    "--clip",
+    "clip_folder",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Local CLIP folder for --sd (zero-shot degradation scores).",
+)
+@click.option(
+    "--images",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Folder of HR training images (default: the built-in photos' training split).",
+)
+@click.option("--estimator-steps", type=click.IntRange(0), default=None)
+@click.option("--base-steps", type=click.IntRange(0), default=None)
+@click.option("--mor-steps", type=click.IntRange(0), default=None)
+@click.option("--batch-size", type=click.IntRange(1), default=None)
+@click.option("--hr-size", type=click.IntRange(16), default=None, help="HR crop side (a multiple of 32).")
+@click.option("--fresh", is_flag=True, help="Ignore an existing checkpoint in --out.")
+@user_errors
+def train(
+    preset: str,
+    out: str,
+    seed: int,
+    sd_folder: str | None,
+    clip_folder: str | None,
+    images: str | None,
+    estimator_steps: int | None,
+    base_steps: int | None,
+    mor_steps: int | None,
+    batch_size: int | None,
+    hr_size: int | None,
+    fresh: bool,
+) -> None:
+    """Train a MoR model: CLIP-form estimator, dense base, then MoR experts (tiny preset from
+    scratch: `mor-edge train --preset tiny` reproduces the built-in model). With --sd and
+    --clip only the MoR experts train, on pretrained weights, CLIP zero-shot."""
+    import shutil
+
+    from .model import MoRSR
+    from .training import TrainConfig, Trainer, initial_model
+
+    overrides = {
+        k: v
+        for k, v in dict(
+            estimator_steps=estimator_steps,
+            base_steps=base_steps,
+            mor_steps=mor_steps,
+            batch_size=batch_size,
+            hr_size=hr_size,
+        ).items()
+        if v is not None
+    }
+    if hr_size is not None and hr_size % 32:
+        raise UserError("--hr-size must be a multiple of 32")
+    config = TrainConfig(seed=seed, images=images, **overrides)
+    run = Path(out)
+    if fresh and run.exists():
+        shutil.rmtree(run)
+    if images is not None and not Path(images).is_dir():
+        raise UserError(f"{images}: no such folder")
+    if (run / "checkpoint" / "config.json").is_file():
+        model = MoRSR.from_pretrained(run / "checkpoint")
+        click.echo(f"resuming from {run / 'checkpoint'}")
+    elif sd_folder is not None:
+        if clip_folder is None:
+            raise UserError("--sd needs --clip (a local CLIP folder for the degradation scores)")
+        from .config import PRESETS
+
+        try:
+            model = MoRSR.from_diffusers(sd_folder, clip_folder, PRESETS[preset]())
+        except (FileNotFoundError, ValueError) as exc:
+            raise UserError(str(exc)) from None
+        config.estimator_steps = config.base_steps = 0
+    else:
+        model = initial_model(preset, seed)
+    trained = Trainer(model, config, run).run()
+    trained.save_pretrained(run / "model")
+    click.echo(f"wrote {run / 'model'} (log: {run / 'log.jsonl'})")
+
+
+@main.command()
+@click.argument("model_dir", required=False, type=click.Path(file_okay=False))
+@click.option(
+    "--images",
+    "count",
+    type=click.IntRange(3),
+    default=30,
+    show_default=True,
+    help="Held-out degraded images (severities cycle mild/moderate/severe).",
+)
+@click.option("--seed", type=int, default=1234, show_default=True)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False),
+    default="out/evaluate",
+    show_default=True,
+    help="Where the plot and the image grid go.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@user_errors
+def evaluate(model_dir: str | None, count: int, seed: int, out: str, as_json: bool) -> None:
+    """Evaluate MODEL_DIR (default: built-in) on held-out photos: PSNR/SSIM (Y, border cropped)
+    against bicubic, Spearman of each score with its degradation, active experts by severity.
+    Writes active_experts.png and grid.png to --out."""
+    from .evaluation import evaluate as run_evaluate
+    from .evaluation import plot_active_experts, save_grid
+
+    model = _load(model_dir)
+    report, pairs, sr = run_evaluate(model, count=count, seed=seed)
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    plot_active_experts(report, folder / "active_experts.png")
+    save_grid(pairs, sr, model.config.scale, folder / "grid.png")
+    report["plots"] = {"active_experts": str(folder / "active_experts.png"), "grid": str(folder / "grid.png")}
+    if as_json:
+        click.echo(json.dumps({k: v for k, v in report.items() if not k.endswith("per_image")}, indent=2))
+        return
+    click.echo(f"model {model.config.name} {model.config.label}".rstrip())
+    click.echo(f"PSNR-Y  SR {report['psnr_sr']:.2f} dB   bicubic {report['psnr_bicubic']:.2f} dB")
+    click.echo(f"SSIM-Y  SR {report['ssim_sr']:.4f}     bicubic {report['ssim_bicubic']:.4f}")
+    click.echo(
+        "Spearman(score, degradation): " + ", ".join(f"{k} {v:.2f}" for k, v in report["spearman"].items())
+    )
+    click.echo(
+        "active routed experts: "
+        + ", ".join(f"{k} {v:.2f}" for k, v in report["active_experts_by_severity"].items())
+    )
+    click.echo(f"plots: {folder / 'active_experts.png'}, {folder / 'grid.png'}")

@@ -105,9 +105,19 @@ class DegradationParams:
 
     steps: list[dict[str, Any]] = field(default_factory=list)
     blur_level: float = 0.0  # first-order blur sigma (mean of the two axes), 0 for sinc-only
-    noise_level: float = 0.0  # first-order noise std in 0-255 units (Poisson: estimated)
+    noise_level: float = 0.0  # noise std of both orders combined, 0-255 units (Poisson: measured)
     jpeg_quality: float = 100.0  # the lower of the two JPEG qualities
+    resize_factor: float = 1.0  # product of the two random resizes (before the final x1/scale)
     severity: str | None = None
+
+    def labels(self) -> dict[str, float]:
+        """Each degradation kind as a [0, 1] target, keyed like the default prompt pairs."""
+        return {
+            "blur": min(self.blur_level / 3.0, 1.0),
+            "noise": min(self.noise_level / 30.0, 1.0),
+            "jpeg": (95.0 - min(self.jpeg_quality, 95.0)) / 65.0,
+            "resolution": min(max(1.0 - self.resize_factor, 0.0), 1.0),
+        }
 
 
 # -- kernels ------------------------------------------------------------------------------
@@ -227,7 +237,7 @@ def random_noise(sp: Sampler, img: torch.Tensor, cfg: OrderSettings, record: dic
 def jpeg(img: torch.Tensor, quality: float) -> torch.Tensor:
     array = (img[0].clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
     buf = io.BytesIO()
-    Image.fromarray(array).save(buf, format="JPEG", quality=int(round(quality)))
+    Image.fromarray(array).save(buf, format="JPEG", quality=round(quality))
     out = np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"), dtype=np.float32) / 255.0
     return torch.from_numpy(out.copy()).permute(2, 0, 1)[None].to(img.dtype)
 
@@ -256,8 +266,9 @@ def degrade_one(
         if order == "first":
             img = random_jpeg(sp, img, cfg, rec)
             params.blur_level = float(rec.get("sigma", 0.0))
-            params.noise_level = float(rec["noise_std"])
             params.jpeg_quality = float(rec["jpeg_quality"])
+        params.noise_level = math.hypot(params.noise_level, float(rec["noise_std"]))
+        params.resize_factor *= float(rec["resize_scale"])
         params.steps.append(rec)
     final: dict[str, Any] = {"order": "final", "jpeg_first": sp.chance(0.5)}
     if sp.chance(settings.final_sinc_prob):

@@ -25,7 +25,7 @@ from .config import MoRSRConfig
 from .degradation import DegradationEstimator
 from .injection import InjectionSummary, inject_mor
 from .mor_layers import MoRLayer
-from .routing import Buckets, Routing, apply_routing, mor_layers
+from .routing import Buckets, Routing, apply_routing, clear_routing, mor_layers
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -155,13 +155,21 @@ class MoRSR(nn.Module):
         return ((self.vae.decoder(z) + 1) / 2).clamp(0, 1)
 
     def forward(
-        self, lr: torch.Tensor, s: torch.Tensor | None = None, buckets: Buckets | None = None
+        self,
+        lr: torch.Tensor,
+        s: torch.Tensor | None = None,
+        buckets: Buckets | None = None,
+        adapters: bool = True,
     ) -> torch.Tensor:
-        """LR in [0, 1] (N, 3, h, w) -> SR in [0, 1] (N, 3, scale*h, scale*w)."""
-        if s is None:
+        """LR in [0, 1] (N, 3, h, w) -> SR in [0, 1] (N, 3, scale*h, scale*w). With
+        ``adapters=False`` the MoR adapters are off and no routing runs (the dense base)."""
+        if not adapters:
+            clear_routing(self.layers())
+        elif s is None:
             s = self.route(lr)
-        z = self.encode(self.upsample(lr), s, buckets)
-        return self.decode(self.denoise(z, s, buckets))
+        routed = s if adapters else None
+        z = self.encode(self.upsample(lr), routed, buckets)
+        return self.decode(self.denoise(z, routed, buckets))
 
     def routing(self, s: torch.Tensor, buckets: Buckets | None = None) -> dict[str, Routing]:
         """Routing of every MoR layer for `s` (sets the layers' rank weights as a side effect)."""

@@ -242,7 +242,7 @@ class MoRConv2d(MoRLayer):
         padding: str | tuple[int, ...] = b.padding  # type: ignore[assignment]
         if b.padding_mode != "zeros":
             x = F.pad(x, b._reversed_padding_repeated_twice, mode=b.padding_mode)
-            padding = 0
+            padding = (0, 0)
         y = F.conv2d(x.reshape(1, -1, *x.shape[2:]), weight, bias, b.stride, padding, b.dilation, groups=n)
         return y.reshape(n, -1, *y.shape[2:])
 

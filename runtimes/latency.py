@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import time
@@ -53,18 +54,16 @@ def stage_inputs(runtime: Runtime, stage: str, seed: int = 0) -> dict[str, np.nd
 def run_bench(runtime: Runtime, warmup: int = 3, runs: int = 10, progress: bool = True) -> dict[str, Any]:
     """Time every stage (bucket 0's variant in static mode) and the whole pipeline."""
     bucket = 0 if runtime.artifact.routing == "static" else None
-    report: dict[str, Any] = {"stages": {}}
-    steps = [*STAGES, "end_to_end"]
-    for stage in tqdm(steps, desc="bench", disable=not progress, unit="stage"):
-        if stage == "end_to_end":
-            lr = stage_inputs(runtime, "router")["lr"]
-            report["end_to_end"] = _time(lambda: runtime.pipeline(lr), warmup, runs)
-        else:
-            inputs = stage_inputs(runtime, stage)
-            b = bucket if stage in ("encoder", "unet") else None
-            report["stages"][stage] = _time(
-                lambda s=stage, x=inputs, b=b: runtime.run_stage(s, x, b), warmup, runs
-            )
+    calls: dict[str, Callable[[], Any]] = {}
+    for stage in STAGES:
+        b = bucket if stage in ("encoder", "unet") else None
+        calls[stage] = functools.partial(runtime.run_stage, stage, stage_inputs(runtime, stage), b)
+    calls["end_to_end"] = functools.partial(runtime.pipeline, stage_inputs(runtime, "router")["lr"])
+    timings = {
+        name: _time(call, warmup, runs)
+        for name, call in tqdm(calls.items(), desc="bench", disable=not progress, unit="stage")
+    }
+    report: dict[str, Any] = {"stages": {s: timings[s] for s in STAGES}, "end_to_end": timings["end_to_end"]}
     report.update(
         runtime.describe(),
         target=runtime.artifact.target,

@@ -63,7 +63,7 @@ def reference_stages(
     routed = None if routing == "base" else s
     if routed is None:
         clear_routing(model.layers())
-    z = model.encode(model.upsample(lr), routed, buckets)
+    z = model.encode(model.upsample(lr), routed, buckets)  # same steps as MoRSR.forward
     x0 = model.denoise(z, routed, buckets)
     return s, z, x0, model.decode(x0)
 

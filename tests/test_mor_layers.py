@@ -142,6 +142,7 @@ def test_gather_form_equals_dense_form(kind: str) -> None:
     torch.testing.assert_close(gathered, dense, rtol=0, atol=1e-5)
     a, b = layer.gathered_factors(routing.indices, routing.weights)
     assert a.shape[:2] == (x.shape[0], CFG.shared + CFG.top_k)
+    assert b.shape[2] == CFG.shared + CFG.top_k
 
 
 @pytest.mark.parametrize("kind", ["linear", "conv"])

@@ -1,0 +1,303 @@
+"""Training on Hugging Face Accelerate: estimator, dense base, then MoR experts.
+
+Stages (each resumable, run in order, a stage with 0 steps is skipped):
+
+- ``estimator``: for presets without a real CLIP, the CLIP-form estimator learns to predict
+  the sampled degradation labels through the prompt-pair score head (BCE on s), its text
+  embeddings learned. With real CLIP weights (``from_diffusers``) it is used zero-shot.
+- ``base``: presets without pretrained SD weights first learn a dense one-step SR model
+  (VAE encoder, UNet, decoder), adapters off.
+- ``mor``: base frozen; the MoR adapters (A, B) and gates learn with L2 plus the
+  degradation-aware load-balancing loss.
+
+Loss: L2 on the SR image. No perceptual network ships offline (LPIPS/VGG weights would have
+to be downloaded), so none is used; the log says so. Checkpoints are the model's own
+`save_pretrained` (safetensors + config.json) plus the optimizer state as safetensors and a
+JSON state file: no pickle anywhere.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+from tqdm import tqdm
+
+from .data import random_crop
+from .degradations import degrade
+from .model import MoRSR
+from .photos import photos
+from .routing import load_balancing_loss, routing_stats
+
+STAGES = ("estimator", "base", "mor")
+STATE_NAME = "trainer_state.json"
+OPTIMIZER_NAME = "optimizer.safetensors"
+
+
+@dataclass
+class TrainConfig:
+    seed: int = 0
+    hr_size: int = 128
+    batch_size: int = 4
+    estimator_steps: int = 600
+    base_steps: int = 1500
+    mor_steps: int = 400
+    lr: float = 2e-3
+    estimator_lr: float = 1e-3
+    mor_lr: float = 2e-3
+    balance_weight: float = 0.05
+    log_every: int = 25
+    checkpoint_every: int = 250
+    images: str | None = None  # folder of images; default: the built-in training photos
+
+    def steps(self, stage: str) -> int:
+        return int(getattr(self, f"{stage}_steps"))
+
+
+class TrainingData:
+    """Endless seeded batches: random HR crops + Real-ESRGAN degradations + labels.
+    Batch `i` depends only on (seed, i, process), so a resumed run sees the same data."""
+
+    def __init__(self, config: TrainConfig, names: list[str], process: int = 0) -> None:
+        self.config = config
+        self.names = names
+        self.process = process
+        self.pool = load_image_pool(config.images)
+
+    def batch(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        c = self.config
+        rng = np.random.default_rng([c.seed, index, self.process])
+        hr = torch.stack(
+            [
+                random_crop(self.pool[int(rng.integers(len(self.pool)))], c.hr_size, rng)
+                for _ in range(c.batch_size)
+            ]
+        )
+        lr, params = degrade(hr, seed=int(rng.integers(2**31)))
+        labels = torch.tensor([[p.labels()[n] for n in self.names] for p in params], dtype=torch.float32)
+        return lr, hr, labels
+
+
+def load_image_pool(folder: str | None) -> list[np.ndarray]:
+    if folder is None:
+        return list(photos("train").values())
+    from PIL import Image
+
+    paths = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
+    if not paths:
+        raise FileNotFoundError(f"no PNG or JPEG images in {folder}")
+    return [np.asarray(Image.open(p).convert("RGB")) for p in paths]
+
+
+def trainable(model: MoRSR, stage: str) -> list[nn.Parameter]:
+    """Set requires_grad for `stage` and return the parameters it trains."""
+    adapter_keys = ("lora_A", "lora_B", "gate.")
+    for name, p in model.named_parameters():
+        is_adapter = any(k in name for k in adapter_keys)
+        if stage == "estimator":
+            p.requires_grad_(name.startswith("estimator."))
+        elif stage == "base":
+            p.requires_grad_(name.startswith(("vae.", "unet.")) and not is_adapter)
+        else:
+            p.requires_grad_(is_adapter)
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+class StageLoss(nn.Module):
+    """The loss of one stage as a module, so Accelerate's wrapper (DDP on several GPUs) sees
+    every forward and synchronises gradients."""
+
+    def __init__(self, model: MoRSR, stage: str, balance_weight: float) -> None:
+        super().__init__()
+        self.model, self.stage, self.balance_weight = model, stage, balance_weight
+
+    def forward(
+        self, lr: torch.Tensor, hr: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        model = self.model
+        if self.stage == "estimator":
+            bce = F.binary_cross_entropy(model.route(lr).clamp(1e-6, 1 - 1e-6), labels)
+            return bce, {"bce": bce.detach()}
+        if self.stage == "base":
+            l2 = F.mse_loss(model(lr, adapters=False), hr)
+            return l2, {"l2": l2.detach()}
+        with torch.no_grad():
+            s = model.route(lr)
+        routings = model.routing(s)
+        z = model.encode(model.upsample(lr), None)  # routing applied just above
+        l2 = F.mse_loss(model.decode(model.denoise(z, None)), hr)
+        balance = load_balancing_loss(routings, model.estimator.severity(s), alpha=1.0)
+        active = routing_stats(routings)["per_image"].mean()
+        loss = l2 + self.balance_weight * balance
+        return loss, {"l2": l2.detach(), "balance": balance.detach(), "active_experts": active}
+
+
+def initial_model(preset: str, seed: int) -> MoRSR:
+    """A from-scratch model for training: seeded init, UNet output zeroed (x0 starts as
+    z / sqrt(alpha_bar) instead of a 14.6x-amplified random noise prediction), a moderate CLIP
+    logit scale for the learned text embeddings."""
+    from .config import PRESETS
+
+    torch.manual_seed(seed)
+    model = MoRSR(PRESETS[preset](label=f"{preset}, trained from scratch by `mor-edge train --seed {seed}`"))
+    conv_out = model.unet.conv_out
+    base = conv_out.base if hasattr(conv_out, "base") else conv_out
+    with torch.no_grad():
+        base.weight.zero_()
+        base.bias.zero_()
+        model.estimator.logit_scale.fill_(10.0)
+    return model
+
+
+def save_optimizer(optimizer: torch.optim.Optimizer, path: Path) -> dict[str, Any]:
+    """Optimizer tensors to safetensors; returns the non-tensor part for the JSON state."""
+    state = optimizer.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for idx, entry in state["state"].items():
+        for key, value in entry.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"{idx}.{key}"] = value.detach().contiguous()
+            else:
+                scalars.setdefault(str(idx), {})[key] = value
+    save_file(tensors, str(path))
+    return {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def load_optimizer(optimizer: torch.optim.Optimizer, path: Path, meta: dict[str, Any]) -> None:
+    tensors = load_file(str(path))
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        idx, name = key.split(".", 1)
+        state.setdefault(int(idx), {})[name] = value
+    for idx, values in meta["scalars"].items():
+        state.setdefault(int(idx), {}).update(values)
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+class Trainer:
+    def __init__(self, model: MoRSR, config: TrainConfig, out: Path, progress: bool = True) -> None:
+        from accelerate import Accelerator
+
+        self.accelerator = Accelerator(cpu=not torch.cuda.is_available())
+        self.model, self.config, self.out, self.progress = model, config, Path(out), progress
+        self.data = TrainingData(config, model.config.degradation_names, self.accelerator.process_index)
+        self.state: dict[str, Any] = {"stage": STAGES[0], "step": 0, "batch": 0, "done": []}
+
+    # -- checkpoints ------------------------------------------------------------------
+    def save_checkpoint(self, optimizer: torch.optim.Optimizer) -> None:
+        if not self.accelerator.is_main_process:
+            return
+        ckpt = self.out / "checkpoint"
+        tmp = self.out / "checkpoint.tmp"
+        tmp.mkdir(parents=True, exist_ok=True)
+        self.accelerator.unwrap_model(self.model).save_pretrained(tmp)
+        meta = save_optimizer(optimizer, tmp / OPTIMIZER_NAME)
+        state = {**self.state, "optimizer": meta, "train_config": dataclasses.asdict(self.config)}
+        (tmp / STATE_NAME).write_text(json.dumps(state, indent=2))
+        if ckpt.exists():
+            for p in ckpt.iterdir():
+                p.unlink()
+            ckpt.rmdir()
+        tmp.rename(ckpt)
+
+    def resume_state(self) -> dict[str, Any] | None:
+        path = self.out / "checkpoint" / STATE_NAME
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    # -- loop -------------------------------------------------------------------------
+    def log(self, record: dict[str, Any]) -> None:
+        if self.accelerator.is_main_process:
+            with (self.out / "log.jsonl").open("a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def run(self) -> MoRSR:
+        self.out.mkdir(parents=True, exist_ok=True)
+        resumed = self.resume_state()
+        if resumed is not None:
+            self.state = {k: resumed[k] for k in ("stage", "step", "batch", "done")}
+        torch.manual_seed(self.config.seed + self.state["batch"])
+        self.log(
+            {
+                "event": "start",
+                "resumed_from": resumed and resumed["step"],
+                "perceptual_loss": "none (no offline weights); L2 only",
+                "config": dataclasses.asdict(self.config),
+            }
+        )
+        for stage in STAGES:
+            if stage in self.state["done"] or self.config.steps(stage) == 0:
+                continue
+            self.state["stage"] = stage
+            self._run_stage(stage, resumed if resumed and resumed["stage"] == stage else None)
+            resumed = None
+        model = self.accelerator.unwrap_model(self.model)
+        for p in model.parameters():
+            p.requires_grad_(False)
+        return model.eval()
+
+    def _run_stage(self, stage: str, resumed: dict[str, Any] | None) -> None:
+        c = self.config
+        base_lr = {"estimator": c.estimator_lr, "base": c.lr, "mor": c.mor_lr}[stage]
+        params = trainable(self.model, stage)
+        optimizer = torch.optim.AdamW(params, lr=base_lr, weight_decay=0.0)
+        total = c.steps(stage)
+        start = 0
+        if resumed is not None:
+            load_optimizer(optimizer, self.out / "checkpoint" / OPTIMIZER_NAME, resumed["optimizer"])
+            start = int(resumed["stage_step"])
+        loss_module, optimizer = self.accelerator.prepare(
+            StageLoss(self.model, stage, c.balance_weight), optimizer
+        )
+        loss_module.train()
+        bar = tqdm(
+            range(start, total),
+            desc=f"train {stage}",
+            disable=not self.progress,
+            unit="step",
+            initial=start,
+            total=total,
+        )
+        t0 = time.perf_counter()
+        for step in bar:
+            for group in optimizer.param_groups:  # cosine decay with a short warm-up
+                warm = min(1.0, (step + 1) / 50)
+                group["lr"] = base_lr * warm * 0.5 * (1 + math.cos(math.pi * step / total))
+            device = self.accelerator.device
+            lr, hr, labels = (t.to(device) for t in self.data.batch(self.state["batch"]))
+            loss, parts = loss_module(lr, hr, labels)
+            optimizer.zero_grad(set_to_none=True)
+            self.accelerator.backward(loss)
+            self.accelerator.clip_grad_norm_(params, 1.0)
+            optimizer.step()
+            self.state["batch"] += 1
+            self.state["step"] += 1
+            self.state["stage_step"] = step + 1
+            values = {k: float(v) for k, v in parts.items()}
+            bar.set_postfix({k: f"{v:.4g}" for k, v in values.items()})
+            if (step + 1) % c.log_every == 0 or step + 1 == total:
+                self.log(
+                    {
+                        "stage": stage,
+                        "step": self.state["step"],
+                        "stage_step": step + 1,
+                        "lr": optimizer.param_groups[0]["lr"],
+                        "seconds": time.perf_counter() - t0,
+                        **values,
+                    }
+                )
+            if (step + 1) % c.checkpoint_every == 0 and step + 1 < total:
+                self.save_checkpoint(optimizer)
+        self.state["done"].append(stage)
+        self.state["stage_step"] = 0
+        self.save_checkpoint(optimizer)

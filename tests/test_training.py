@@ -1,0 +1,154 @@
+"""Degradation synthesis, training stages, resume, and `mor-edge evaluate`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from mor_edge import training
+from mor_edge.cli import main
+from mor_edge.degradations import DegradationSettings, degrade
+from mor_edge.model import MoRSR
+from mor_edge.training import StageLoss, TrainConfig, Trainer, TrainingData, initial_model
+
+SMALL = dict(hr_size=32, batch_size=2, log_every=1, checkpoint_every=5)
+
+
+def hr_batch(n: int = 6, size: int = 64) -> torch.Tensor:
+    return torch.rand(n, 3, size, size, generator=torch.Generator().manual_seed(0))
+
+
+def test_degradation_is_reproducible_by_seed() -> None:
+    a, pa = degrade(hr_batch(), seed=7)
+    b, pb = degrade(hr_batch(), seed=7)
+    c, _ = degrade(hr_batch(), seed=8)
+    assert a.shape == (6, 3, 16, 16)
+    assert torch.equal(a, b) and [p.steps for p in pa] == [p.steps for p in pb]
+    assert not torch.equal(a, c)
+    assert float(a.min()) >= 0 and float(a.max()) <= 1
+
+
+def test_sampled_parameters_fall_in_the_configured_ranges() -> None:
+    cfg = DegradationSettings()
+    _, params = degrade(hr_batch(40, 32), seed=3)
+    kinds = set()
+    for p in params:
+        first, second, final = p.steps
+        for step, order in ((first, cfg.first), (second, cfg.second)):
+            kinds.add(step.get("kernel"))
+            if "kernel_size" in step:
+                assert 7 <= step["kernel_size"] <= 21 and step["kernel_size"] % 2 == 1
+            if step.get("kernel") not in (None, "sinc"):
+                assert order.blur_sigma[0] <= step["sigma_x"] <= order.blur_sigma[1]
+            assert order.resize_range[0] <= step["resize_scale"] <= order.resize_range[1]
+            if step["noise"] == "gaussian":
+                assert order.noise_sigma[0] <= step["noise_sigma"] <= order.noise_sigma[1]
+            else:
+                assert order.poisson_scale[0] <= step["poisson_scale"] <= order.poisson_scale[1]
+        assert 30 <= first["jpeg_quality"] <= 95 and 30 <= final["jpeg_quality"] <= 95
+        assert all(0 <= v <= 1 for v in p.labels().values())
+    assert {"iso", "aniso"} <= kinds
+
+
+def test_severity_bands_order_the_degradations() -> None:
+    means = {}
+    for level in ("mild", "moderate", "severe"):
+        _, params = degrade(hr_batch(24, 32), seed=5, severity=level)
+        means[level] = (np.mean([p.blur_level for p in params]), np.mean([p.jpeg_quality for p in params]))
+    assert means["mild"][0] < means["moderate"][0] < means["severe"][0]
+    assert means["mild"][1] > means["moderate"][1] > means["severe"][1]
+    with pytest.raises(ValueError):
+        degrade(hr_batch(1), seed=0, severity="extreme")
+
+
+def _params(model: MoRSR) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.named_parameters()}
+
+
+@pytest.mark.parametrize(
+    "stage,prefixes",
+    [("estimator", ("estimator.",)), ("base", ("vae.", "unet.")), ("mor", ("lora_A", "lora_B", "gate."))],
+)
+def test_a_few_steps_reduce_the_loss_and_touch_only_trainable_parameters(
+    stage: str, prefixes: tuple[str, ...], tmp_path: Path
+) -> None:
+    model = initial_model("tiny", seed=0)
+    if stage == "mor":  # adapters on top of a base: make B non-zero so gradients reach A too
+        with torch.no_grad():
+            for layer in model.layers().values():
+                layer.lora_B.normal_(std=0.01)
+    steps = {"estimator_steps": 0, "base_steps": 0, "mor_steps": 0, f"{stage}_steps": 12}
+    config = TrainConfig(**SMALL, **steps)
+    data = TrainingData(config, model.config.degradation_names)
+    fixed = [data.batch(10_000 + i) for i in range(2)]
+
+    def loss() -> float:
+        with torch.no_grad():
+            return float(np.mean([float(StageLoss(model, stage, 0.0)(*b)[0]) for b in fixed]))
+
+    before_loss, before = loss(), _params(model)
+    Trainer(model, config, tmp_path, progress=False).run()
+    after_loss, after = loss(), _params(model)
+    assert after_loss < before_loss
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed
+    for name in changed:
+        if stage == "mor":
+            assert any(p in name for p in prefixes), name
+        else:
+            assert name.startswith(prefixes) and not any(a in name for a in ("lora_", "gate.")), name
+    log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert log[0]["perceptual_loss"].startswith("none")
+    assert [r["stage_step"] for r in log[1:]] == list(range(1, 13))
+
+
+def test_resume_continues_from_the_saved_step(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = TrainConfig(**SMALL, estimator_steps=3, base_steps=8, mor_steps=0)
+    full = Trainer(initial_model("tiny", 0), config, tmp_path / "full", progress=False).run()
+
+    real_batch = TrainingData.batch
+
+    def interrupted(self: TrainingData, index: int):  # type: ignore[no-untyped-def]
+        if index == 9:  # estimator used batches 0-2; the base stage dies at its 7th step
+            raise KeyboardInterrupt
+        return real_batch(self, index)
+
+    monkeypatch.setattr(TrainingData, "batch", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(initial_model("tiny", 0), config, tmp_path / "cut", progress=False).run()
+    monkeypatch.setattr(TrainingData, "batch", real_batch)
+    state = json.loads((tmp_path / "cut" / "checkpoint" / training.STATE_NAME).read_text())
+    assert state["stage"] == "base" and state["stage_step"] == 5 and state["done"] == ["estimator"]
+    resumed_model = MoRSR.from_pretrained(tmp_path / "cut" / "checkpoint")
+    resumed = Trainer(resumed_model, config, tmp_path / "cut", progress=False).run()
+    log = [json.loads(line) for line in (tmp_path / "cut" / "log.jsonl").read_text().splitlines()]
+    starts = [r for r in log if r.get("event") == "start"]
+    assert starts[-1]["resumed_from"] == 8  # 3 estimator + 5 base steps
+    assert [r["stage_step"] for r in log if r.get("stage") == "base"][-3:] == [6, 7, 8]
+    for (name, a), (_, b) in zip(full.state_dict().items(), resumed.state_dict().items(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-5, msg=name)
+
+
+def test_evaluate_json_has_the_keys(tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["evaluate", "--images", "6", "--json", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    for key in (
+        "psnr_sr",
+        "psnr_bicubic",
+        "ssim_sr",
+        "ssim_bicubic",
+        "spearman",
+        "active_experts_by_severity",
+    ):
+        assert key in report
+    assert set(report["spearman"]) >= {"blur", "noise", "jpeg"}
+    assert set(report["active_experts_by_severity"]) == {"mild", "moderate", "severe"}
+    assert 0 < report["ssim_bicubic"] <= 1 and report["psnr_bicubic"] > 10
+    for name in ("active_experts.png", "grid.png"):
+        assert (tmp_path / name).stat().st_size > 1000
