@@ -20,9 +20,9 @@ install: $(BIN)/.installed
 
 demo: install
 	mkdir -p $(OUT)
-	$(BIN)/mor-edge info
-	$(BIN)/python -c "from skimage import data; from PIL import Image; Image.fromarray(data.chelsea()[::4, ::4]).save('$(OUT)/demo_lr.png')"
-	$(BIN)/mor-edge upscale $(OUT)/demo_lr.png $(OUT)/demo_sr.png
+	$(BIN)/mor-edge export --target onnx --out $(OUT)/tiny-onnx-static-fp32 --force
+	$(BIN)/python -c "from skimage import data; from PIL import Image; Image.fromarray(data.chelsea()[40:296:4, 150:406:4]).save('$(OUT)/demo_lr.png')"
+	$(BIN)/mor-edge upscale $(OUT)/demo_lr.png $(OUT)/demo_sr.png --artifact $(OUT)/tiny-onnx-static-fp32
 
 lint: install
 	$(BIN)/ruff check .

@@ -38,9 +38,5 @@ def degraded_pairs(sr_size: int, count: int, seed: int, subset: str = "eval") ->
     hr = torch.stack([random_crop(pool[i % len(pool)], sr_size, rng) for i in range(count)])
     levels = list(SEVERITIES)
     severities = [levels[i % len(levels)] for i in range(count)]
-    lrs, params = [], []
-    for i, severity in enumerate(severities):
-        lr, p = degrade(hr[i : i + 1], seed=seed * 100_003 + i, severity=severity)
-        lrs.append(lr)
-        params.extend(p)
-    return PairSet(torch.cat(lrs), hr, params, severities)
+    lr, params = degrade(hr, seed=seed, severity=severities)
+    return PairSet(lr, hr, params, severities)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -104,19 +105,32 @@ class DegradationParams:
     check that degradation scores track degradations."""
 
     steps: list[dict[str, Any]] = field(default_factory=list)
-    blur_level: float = 0.0  # first-order blur sigma (mean of the two axes), 0 for sinc-only
+    blur_level: float = 0.0  # effective blur sigma in LR pixels (see `finish`)
     noise_level: float = 0.0  # noise std of both orders combined, 0-255 units (Poisson: measured)
     jpeg_quality: float = 100.0  # the lower of the two JPEG qualities
-    resize_factor: float = 1.0  # product of the two random resizes (before the final x1/scale)
+    resolution_loss: float = 1.0  # how many times below the LR grid the content's resolution fell
     severity: str | None = None
+
+    def finish(self, scale: int) -> None:
+        """Derive the effective levels from the sampled parameters. A first-order sigma means
+        little on its own: resizes before the final 1/scale shrink or stretch it. In LR pixels
+        the two Gaussian blurs combine to sqrt((s1 r1)^2 + s2^2) / (scale r1), and content that
+        went through a size below the LR grid (min(r1, r1 r2) < 1/scale) lost resolution by
+        that factor, which reads as further blur."""
+        first, second = self.steps[0], self.steps[1]
+        r1, r2 = first["resize_scale"], second["resize_scale"]
+        s1, s2 = first.get("sigma", 0.0), second.get("sigma", 0.0)
+        kernel_blur = math.hypot(s1 * r1, s2) / (scale * r1)
+        self.resolution_loss = max(1.0, 1.0 / (scale * min(r1, r1 * r2)))
+        self.blur_level = math.hypot(kernel_blur, 0.5 * (self.resolution_loss - 1.0))
 
     def labels(self) -> dict[str, float]:
         """Each degradation kind as a [0, 1] target, keyed like the default prompt pairs."""
         return {
-            "blur": min(self.blur_level / 3.0, 1.0),
+            "blur": min(self.blur_level / 1.5, 1.0),
             "noise": min(self.noise_level / 30.0, 1.0),
             "jpeg": (95.0 - min(self.jpeg_quality, 95.0)) / 65.0,
-            "resolution": min(max(1.0 - self.resize_factor, 0.0), 1.0),
+            "resolution": min((self.resolution_loss - 1.0) / 3.0, 1.0),
         }
 
 
@@ -265,10 +279,8 @@ def degrade_one(
         img = random_noise(sp, img, cfg, rec)
         if order == "first":
             img = random_jpeg(sp, img, cfg, rec)
-            params.blur_level = float(rec.get("sigma", 0.0))
             params.jpeg_quality = float(rec["jpeg_quality"])
         params.noise_level = math.hypot(params.noise_level, float(rec["noise_std"]))
-        params.resize_factor *= float(rec["resize_scale"])
         params.steps.append(rec)
     final: dict[str, Any] = {"order": "final", "jpeg_first": sp.chance(0.5)}
     if sp.chance(settings.final_sinc_prob):
@@ -290,26 +302,28 @@ def degrade_one(
         img = jpeg(filter2d(_resize(img, out_size, mode), kernel).clamp(0, 1), quality)
     params.jpeg_quality = min(params.jpeg_quality, quality)
     params.steps.append(final)
+    params.finish(settings.scale)
     return img.clamp(0, 1), params
 
 
 def degrade(
     hr: torch.Tensor,
     seed: int,
-    severity: str | None = None,
+    severity: str | Sequence[str | None] | None = None,
     settings: DegradationSettings | None = None,
 ) -> tuple[torch.Tensor, list[DegradationParams]]:
-    """HR batch (N, 3, H, W) in [0, 1] -> LR batch and per-image parameters. The same seed
-    gives the same output; image i depends only on (seed, i)."""
+    """HR batch (N, 3, H, W) in [0, 1] -> LR batch and per-image parameters. `severity` is
+    one level for the batch or one per image (None: full ranges). The same seed gives the
+    same output; image i depends only on (seed, i) and its severity."""
     settings = settings or DegradationSettings()
-    if severity is not None and severity not in SEVERITIES:
-        raise ValueError(f"severity must be one of {list(SEVERITIES)}")
-    band = SEVERITIES[severity] if severity else (0.0, 1.0)
+    levels = [severity] * hr.shape[0] if severity is None or isinstance(severity, str) else list(severity)
+    if len(levels) != hr.shape[0] or any(lv is not None and lv not in SEVERITIES for lv in levels):
+        raise ValueError(f"severity must be None, one of {list(SEVERITIES)}, or one of those per image")
     outs, params = [], []
-    for i in range(hr.shape[0]):
-        sp = Sampler(np.random.default_rng([seed, i]), band)
+    for i, level in enumerate(levels):
+        sp = Sampler(np.random.default_rng([seed, i]), SEVERITIES[level] if level else (0.0, 1.0))
         lr, p = degrade_one(hr[i : i + 1].float(), sp, settings)
-        p.severity = severity
+        p.severity = level
         outs.append(lr)
         params.append(p)
     return torch.cat(outs), params

@@ -34,12 +34,13 @@ from torch import nn
 from tqdm import tqdm
 
 from .data import random_crop
-from .degradations import degrade
+from .degradations import SEVERITIES, degrade
 from .model import MoRSR
 from .photos import photos
 from .routing import load_balancing_loss, routing_stats
 
 STAGES = ("estimator", "base", "mor")
+LEVELS = tuple(SEVERITIES)
 STATE_NAME = "trainer_state.json"
 OPTIMIZER_NAME = "optimizer.safetensors"
 
@@ -83,7 +84,10 @@ class TrainingData:
                 for _ in range(c.batch_size)
             ]
         )
-        lr, params = degrade(hr, seed=int(rng.integers(2**31)))
+        # Each image draws a severity band, so that the degradation kinds co-vary with an
+        # overall difficulty the way evaluation and calibration sample them.
+        levels = [LEVELS[int(i)] for i in rng.integers(len(LEVELS), size=c.batch_size)]
+        lr, params = degrade(hr, seed=int(rng.integers(2**31)), severity=levels)
         labels = torch.tensor([[p.labels()[n] for n in self.names] for p in params], dtype=torch.float32)
         return lr, hr, labels
 
