@@ -88,9 +88,17 @@ def info(model_dir: str | None, as_json: bool) -> None:
         click.echo(f"  {stage:<10}{macs / 1e9:>12.2f} G")
 
 
+threads_option = click.option(
+    "--threads", type=click.IntRange(1), default=None, help="Runtime threads (default: all cores)."
+)
+samples_option = click.option(
+    "--samples", type=click.IntRange(1), default=6, show_default=True, help="Degraded held-out images."
+)
+
+
 @main.command()
-@click.argument("input_path", metavar="IN", type=click.Path(dir_okay=False))
-@click.argument("output_path", metavar="OUT", type=click.Path(dir_okay=False))
+@click.argument("input_path", metavar="IN", type=click.Path())
+@click.argument("output_path", metavar="OUT", type=click.Path())
 @model_option
 @click.option(
     "--artifact",
@@ -98,32 +106,85 @@ def info(model_dir: str | None, as_json: bool) -> None:
     default=None,
     help="Run an exported artifact folder instead of the PyTorch reference.",
 )
-@click.option("--threads", type=click.IntRange(1), default=None, help="Runtime threads (artifact only).")
+@click.option(
+    "--tile",
+    type=click.IntRange(8),
+    default=None,
+    help="LR tile side. Default: the artifact's input size, or 128 for the reference.",
+)
+@click.option(
+    "--overlap", type=click.IntRange(0), default=None, help="LR overlap between tiles. Default: tile/4."
+)
+@click.option(
+    "--per-tile-routing",
+    is_flag=True,
+    help="Route every tile on its own scores (default: one "
+    "routing decision for the whole image, so neighbouring tiles use the same experts).",
+)
+@click.option(
+    "--format",
+    "out_suffix",
+    type=click.Choice([".png", ".jpg", ".webp", ".tif", ".bmp"]),
+    default=".png",
+    show_default=True,
+    help="Output format in folder mode.",
+)
+@threads_option
 @user_errors
 def upscale(
-    input_path: str, output_path: str, model_dir: str | None, artifact: str | None, threads: int | None
+    input_path: str,
+    output_path: str,
+    model_dir: str | None,
+    artifact: str | None,
+    tile: int | None,
+    overlap: int | None,
+    per_tile_routing: bool,
+    out_suffix: str,
+    threads: int | None,
 ) -> None:
-    """Super-resolve the PNG or JPEG image IN and write the PNG OUT, with the PyTorch
-    reference model (default) or an exported artifact."""
-    import torch
+    """Super-resolve IN (PNG, JPEG, WebP, TIFF, BMP; any size) to OUT, whose extension sets
+    the format. With a folder IN, every file in it goes to the folder OUT; failures are
+    reported per file and the rest go on. Tiled: memory is bounded by the tile, not the image."""
+    from .tiling import ReferenceEngine
+    from .upscale import TileOptions, batch_outputs, upscale_file
 
-    from .image_io import check_output_path, load_image, save_image
-    from .upscale import upscale_image
-
-    check_output_path(output_path)
-    lr = load_image(input_path)
+    engine: Any
+    note = ""
     if artifact is not None:
         from mor_edge.runtimes.base import load_runtime
 
-        result = load_runtime(artifact, threads).pipeline(lr.numpy())
-        sr = torch.from_numpy(result.sr)
+        engine = load_runtime(artifact, threads)
+        if tile is not None and tile != engine.tile_size:
+            raise UserError(
+                f"this artifact takes {engine.tile_size}x{engine.tile_size} tiles; --tile {tile} cannot run"
+            )
+        tile = engine.tile_size
     else:
         model = _load(model_dir)
-        if model.config.label:
-            click.echo(f"note: {model.config.label}", err=True)
-        sr = upscale_image(model, lr)
-    save_image(sr, output_path)
-    click.echo(f"{input_path} ({lr.shape[3]}x{lr.shape[2]}) -> {output_path} ({sr.shape[3]}x{sr.shape[2]})")
+        note = model.config.label
+        engine = ReferenceEngine(model)
+        tile = tile or 128
+    overlap = tile // 4 if overlap is None else overlap
+    if overlap >= tile:
+        raise UserError(f"--overlap {overlap} must be smaller than the tile ({tile})")
+    options = TileOptions(tile=tile, overlap=overlap, per_tile_routing=per_tile_routing)
+    src = Path(input_path)
+    if not src.is_dir():
+        size_in, size_out = upscale_file(src, output_path, engine, options)
+        click.echo(f"{input_path} ({size_in}) -> {output_path} ({size_out})")
+        if note:
+            click.echo(f"note: {note}", err=True)
+        return
+    failures = 0
+    for file_in, file_out in batch_outputs(src, Path(output_path), out_suffix):
+        try:
+            size_in, size_out = upscale_file(file_in, file_out, engine, options)
+            click.echo(f"{file_in} ({size_in}) -> {file_out} ({size_out})")
+        except UserError as exc:
+            failures += 1
+            click.echo(f"failed: {exc}", err=True)
+    if failures:
+        raise UserError(f"{failures} of the files in {src} failed (see above)")
 
 
 def _reference_for(artifact_dir: str, model_dir: str | None) -> Any:
@@ -174,14 +235,6 @@ def _bench(artifact_dir: str, warmup: int, runs: int, threads: int | None, progr
     from mor_edge.runtimes.latency import run_bench
 
     return run_bench(load_runtime(artifact_dir, threads), warmup=warmup, runs=runs, progress=progress)
-
-
-threads_option = click.option(
-    "--threads", type=click.IntRange(1), default=None, help="Runtime threads (default: all cores)."
-)
-samples_option = click.option(
-    "--samples", type=click.IntRange(1), default=6, show_default=True, help="Degraded held-out images."
-)
 
 
 @main.command("export")

@@ -1,36 +1,70 @@
-"""Whole-image inference with the reference model on any size within a limit."""
+"""`mor-edge upscale`: one file or a folder, with the reference model or an artifact, tiled."""
 
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
 
 from .errors import UserError
-from .model import MoRSR
-
-MAX_LR_PIXELS = 512 * 512
-
-
-def size_multiple(model: MoRSR) -> int:
-    """LR sides must be multiples of this so that every down/up-sampling step lines up."""
-    vae_factor = 2 ** (len(model.config.vae["block_out_channels"]) - 1)
-    unet_factor = 2 ** (len(model.config.unet["block_out_channels"]) - 1)
-    total = vae_factor * unet_factor
-    return max(1, -(-total // model.config.scale))
+from .image_io import PngBandWriter, check_output_path, load_image, output_format, save_image
+from .tiling import TileEngine, upscale_alpha, upscale_tiled
 
 
-@torch.no_grad()
-def upscale_image(model: MoRSR, lr: torch.Tensor) -> torch.Tensor:
-    """(1, 3, h, w) in [0, 1] -> (1, 3, scale*h, scale*w). The input is padded by edge
-    replication to a size the model accepts and the output cropped back."""
-    _, _, h, w = lr.shape
-    if h * w > MAX_LR_PIXELS:
-        raise UserError(
-            f"input is {w}x{h}; untiled inference is limited to {MAX_LR_PIXELS:,} pixels "
-            f"(e.g. 512x512) to bound memory"
-        )
-    m = size_multiple(model)
-    pad_h, pad_w = -h % m, -w % m
-    x = F.pad(lr, (0, pad_w, 0, pad_h), mode="replicate") if pad_h or pad_w else lr
-    sr = model(x)
-    return sr[:, :, : h * model.config.scale, : w * model.config.scale]
+@dataclass
+class TileOptions:
+    tile: int
+    overlap: int
+    per_tile_routing: bool = False
+    progress: bool = True
+
+
+def _to_uint8(band: np.ndarray) -> np.ndarray:
+    """Float band in [0, 1] -> uint8, in place (the band is ours), to keep peak memory low."""
+    np.clip(band, 0, 1, out=band)
+    band *= 255
+    band += 0.5
+    return band.astype(np.uint8)
+
+
+def upscale_file(
+    src: str | Path, dst: str | Path, engine: TileEngine, options: TileOptions
+) -> tuple[str, str]:
+    """Upscale one image file to `dst` (format from its extension). PNG is streamed band by
+    band; other formats are assembled in memory. Returns the input and output sizes."""
+    dst = check_output_path(dst)
+    image = load_image(src)
+    scale = engine.scale
+    out_w, out_h = image.width * scale, image.height * scale
+    bands = upscale_tiled(
+        image, engine, options.tile, options.overlap, options.per_tile_routing, options.progress
+    )
+    alpha = upscale_alpha(image.alpha, scale) if image.alpha is not None else None
+    if output_format(dst) == "PNG":
+        writer = PngBandWriter(dst, out_w, out_h, alpha=alpha is not None)
+        try:
+            top = 0
+            for band in bands:
+                rows = _to_uint8(band)
+                if alpha is not None:
+                    rows = np.concatenate([rows, alpha[top : top + rows.shape[0], :, None]], axis=2)
+                writer.write(rows)
+                top += rows.shape[0]
+            writer.close()
+        except BaseException:
+            writer.abort()
+            raise
+    else:
+        save_image(_to_uint8(np.concatenate(list(bands))), dst, alpha)
+    return f"{image.width}x{image.height}", f"{out_w}x{out_h}"
+
+
+def batch_outputs(src_dir: Path, dst_dir: Path, suffix: str) -> list[tuple[Path, Path]]:
+    """(input, output) pairs for every file in `src_dir`, outputs named <stem><suffix>."""
+    if not dst_dir.is_dir():
+        raise UserError(f"{dst_dir}: output folder does not exist")
+    files = sorted(p for p in src_dir.iterdir() if p.is_file() and not p.name.startswith("."))
+    if not files:
+        raise UserError(f"{src_dir}: no files to upscale")
+    return [(p, dst_dir / f"{p.stem}{suffix}") for p in files]

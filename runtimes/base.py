@@ -63,18 +63,42 @@ class Runtime(abc.ABC):
     def lr_shape(self) -> tuple[int, ...]:
         return tuple(self.artifact.stage("router")["inputs"][0]["shape"])
 
-    def pipeline(self, lr: np.ndarray) -> PipelineResult:
-        """One LR image (1, 3, h, w) in [0, 1] -> SR, routing on the router's `s`."""
+    # -- the TileEngine interface (mor_edge.tiling) -----------------------------------
+    @property
+    def scale(self) -> int:
+        return int(self.artifact.manifest["scale"])
+
+    @property
+    def router_size(self) -> int:
+        return int(self.lr_shape()[2])
+
+    @property
+    def tile_size(self) -> int:
+        """Artifacts have fixed shapes: they upscale tiles of exactly their LR size."""
+        return int(self.lr_shape()[2])
+
+    def _check(self, lr: np.ndarray) -> np.ndarray:
         if tuple(lr.shape) != self.lr_shape():
             raise UserError(f"this artifact takes inputs of shape {self.lr_shape()}, got {tuple(lr.shape)}")
-        lr = lr.astype(np.float32)
-        s = self.run_stage("router", {"lr": lr})
+        return lr.astype(np.float32)
+
+    def route(self, lr: np.ndarray) -> np.ndarray:
+        """Degradation scores (1, K) of an LR image of the artifact's input size."""
+        return self.run_stage("router", {"lr": self._check(lr)})
+
+    def run(self, lr: np.ndarray, s: np.ndarray) -> np.ndarray:
+        """SR of one LR tile, routed on `s` (its bucket in static mode)."""
+        lr = self._check(lr)
         bucket = self.bucket_of(s)
-        routed = {"s": s} if self.artifact.routing == "dynamic" else {}
+        routed = {"s": s.astype(np.float32)} if self.artifact.routing == "dynamic" else {}
         latent = self.run_stage("encoder", {"lr": lr, **routed}, bucket)
         x0 = self.run_stage("unet", {"latent": latent, **routed}, bucket)
-        sr = self.run_stage("decoder", {"x0": x0})
-        return PipelineResult(sr=sr, s=s, bucket=bucket)
+        return self.run_stage("decoder", {"x0": x0})
+
+    def pipeline(self, lr: np.ndarray) -> PipelineResult:
+        """One LR image (1, 3, h, w) in [0, 1] -> SR, routing on the router's `s`."""
+        s = self.route(lr)
+        return PipelineResult(sr=self.run(lr, s), s=s, bucket=self.bucket_of(s))
 
 
 def load_runtime(folder: str | Path, threads: int | None = None) -> Runtime:

@@ -189,16 +189,16 @@ def test_cli_export_parity_bench_upscale(
     )
 
     lr = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
-    from mor_edge.image_io import load_image, save_image
+    from mor_edge.image_io import load_image, save_image, to_uint8
 
-    save_image(lr, tmp_path / "in.png")
+    save_image(to_uint8(lr), tmp_path / "in.png")
     result = runner.invoke(
         main, ["upscale", str(tmp_path / "in.png"), str(tmp_path / "sr.png"), "--artifact", str(out)]
     )
     assert result.exit_code == 0, result.output
     with torch.no_grad():
-        want = tiny_model(load_image(tmp_path / "in.png"))
-    got = load_image(tmp_path / "sr.png")
+        want = tiny_model(load_image(tmp_path / "in.png").tensor())
+    got = load_image(tmp_path / "sr.png").tensor()
     assert (got - want).abs().max() <= 1 / 255 + 1e-6
 
     # A gate that fails makes the command fail, loudly.

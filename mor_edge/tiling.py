@@ -1,0 +1,165 @@
+"""Tiled upscaling of any image size, for the reference model and for fixed-shape artifacts.
+
+Tiles overlap and are blended with feathered weights (linear ramps across each overlap,
+none at the image border), so there are no seams. Tiles are placed so that the last one
+ends on the image border; only an image smaller than one tile is padded (by replication),
+and the padding is cropped away. One routing decision covers the whole image: the router
+sees the whole image resized to its input size, so neighbouring tiles use the same experts
+(per-tile routing is an option). Output rows are handed out in bands as soon as no later
+tile can touch them, so memory is bounded by a band of tiles, not by the image.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from .image_io import LoadedImage
+from .model import MoRSR
+
+
+class TileEngine(Protocol):
+    """What tiling needs from a model or a runtime."""
+
+    scale: int
+    router_size: int
+
+    def route(self, lr: np.ndarray) -> np.ndarray: ...
+
+    def run(self, lr: np.ndarray, s: np.ndarray) -> np.ndarray: ...
+
+
+@dataclass
+class ReferenceEngine:
+    """The PyTorch reference behind the `TileEngine` interface."""
+
+    model: MoRSR
+
+    @property
+    def scale(self) -> int:
+        return int(self.model.config.scale)
+
+    @property
+    def router_size(self) -> int:
+        return int(self.model.estimator.image_size)
+
+    @torch.no_grad()
+    def route(self, lr: np.ndarray) -> np.ndarray:
+        return self.model.route(torch.from_numpy(lr)).numpy()
+
+    @torch.no_grad()
+    def run(self, lr: np.ndarray, s: np.ndarray) -> np.ndarray:
+        return self.model(torch.from_numpy(lr), s=torch.from_numpy(s)).numpy()
+
+
+def positions(length: int, tile: int, overlap: int) -> list[int]:
+    """Tile origins along one axis: stride tile - overlap, the last tile ending on the border."""
+    if length <= tile:
+        return [0]
+    stride = max(1, tile - overlap)
+    starts = list(range(0, length - tile, stride))
+    return [*starts, length - tile]
+
+
+def ramp(size: int, ramp_len: int, ramp_start: bool, ramp_end: bool) -> np.ndarray:
+    """1-D feather weights: linear over `ramp_len` at each interior side, 1 elsewhere."""
+    w = np.ones(size, dtype=np.float32)
+    if ramp_len > 0:
+        r = (np.arange(size, dtype=np.float32) + 0.5) / ramp_len
+        if ramp_start:
+            w = np.minimum(w, r)
+        if ramp_end:
+            w = np.minimum(w, r[::-1])
+    return w
+
+
+def router_input(image: LoadedImage, size: int) -> np.ndarray:
+    """The whole image resized (antialiased) to the router's input size: (1, 3, size, size)."""
+    rgb = image.rgb if image.rgb.dtype == np.uint8 else (image.rgb >> 8).astype(np.uint8)
+    small = Image.fromarray(rgb).resize((size, size), Image.Resampling.BICUBIC, reducing_gap=2.0)
+    return np.ascontiguousarray(np.asarray(small, dtype=np.float32).transpose(2, 0, 1)[None] / 255.0)
+
+
+def _padded_crop(image: LoadedImage, y: int, x: int, tile: int) -> np.ndarray:
+    """A tile x tile crop at (y, x); sides of an image smaller than the tile are replicated."""
+    crop = image.crop(y, min(y + tile, image.height), x, min(x + tile, image.width))
+    pad_h, pad_w = tile - crop.shape[2], tile - crop.shape[3]
+    if pad_h or pad_w:
+        crop = np.pad(crop, ((0, 0), (0, 0), (0, pad_h), (0, pad_w)), mode="edge")
+    return crop
+
+
+def upscale_tiled(
+    image: LoadedImage,
+    engine: TileEngine,
+    tile: int,
+    overlap: int,
+    per_tile_routing: bool = False,
+    progress: bool = True,
+) -> Iterator[np.ndarray]:
+    """Yield the SR colour image as float32 row bands (h, W*scale, 3), top to bottom.
+
+    The tiles form a grid and each tile's weight is wy (x) wx, so the total weight at a pixel
+    is the outer product of the summed 1-D ramps: no 2-D weight buffer is needed. Rows are
+    accumulated in one buffer of a tile's height, reused as rows are handed out."""
+    if not 0 <= overlap < tile:
+        raise ValueError(f"overlap must be in [0, tile), got {overlap} for tile {tile}")
+    scale = engine.scale
+    h, w = image.height, image.width
+    ys, xs = positions(h, tile, overlap), positions(w, tile, overlap)
+    out_w, out_h, side = w * scale, h * scale, tile * scale
+    ramps_y = [ramp(side, overlap * scale, i > 0, i < len(ys) - 1) for i in range(len(ys))]
+    ramps_x = [ramp(side, overlap * scale, i > 0, i < len(xs) - 1) for i in range(len(xs))]
+    total_y, total_x = np.zeros(out_h, np.float32), np.zeros(out_w, np.float32)
+    for y, r in zip(ys, ramps_y, strict=True):
+        total_y[y * scale : min(y * scale + side, out_h)] += r[: min(side, out_h - y * scale)]
+    for x, r in zip(xs, ramps_x, strict=True):
+        total_x[x * scale : min(x * scale + side, out_w)] += r[: min(side, out_w - x * scale)]
+    s_global = None if per_tile_routing else engine.route(router_input(image, engine.router_size))
+    acc = np.zeros((min(side, out_h), out_w, 3), np.float32)
+    band_top = 0  # SR row that acc[0] holds
+    bar = tqdm(total=len(ys) * len(xs), desc="upscale", unit="tile", disable=not progress)
+    for iy, y in enumerate(ys):
+        top, bottom = y * scale, min(y * scale + side, out_h)
+        for ix, x in enumerate(xs):
+            lr = _padded_crop(image, y, x, tile)
+            s = engine.route(router_input_tile(lr, engine.router_size)) if s_global is None else s_global
+            sr = engine.run(lr, s)[0].transpose(1, 2, 0)
+            left, right = x * scale, min(x * scale + side, out_w)
+            weight = ramps_y[iy][: bottom - top, None] * ramps_x[ix][None, : right - left]
+            acc[top - band_top : bottom - band_top, left:right] += (
+                sr[: bottom - top, : right - left] * weight[..., None]
+            )
+            bar.update()
+        done = (ys[iy + 1] * scale if iy + 1 < len(ys) else out_h) - band_top
+        if done > 0:
+            norm = total_y[band_top : band_top + done, None] * total_x[None, :]
+            yield acc[:done] / norm[..., None]
+            acc[: acc.shape[0] - done] = acc[done:]
+            acc[acc.shape[0] - done :] = 0
+            band_top += done
+    bar.close()
+
+
+def router_input_tile(lr: np.ndarray, size: int) -> np.ndarray:
+    """A float tile resized to the router's input size (per-tile routing)."""
+    return (
+        torch.nn.functional.interpolate(
+            torch.from_numpy(lr), size=(size, size), mode="bicubic", antialias=True, align_corners=False
+        )
+        .clamp(0, 1)
+        .numpy()
+    )
+
+
+def upscale_alpha(alpha: np.ndarray, scale: int) -> np.ndarray:
+    """Alpha is not image content: plain bicubic resize, no model."""
+    h, w = alpha.shape
+    src = alpha if alpha.dtype == np.uint8 else (alpha >> 8).astype(np.uint8)
+    return np.asarray(Image.fromarray(src, mode="L").resize((w * scale, h * scale), Image.Resampling.BICUBIC))
