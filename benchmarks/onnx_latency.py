@@ -21,7 +21,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 MODES = {
@@ -54,19 +53,10 @@ def export_child(preset: str, mode: str, out: str) -> None:
     print(json.dumps({"export_s": time.perf_counter() - t0, "peak_rss_gib": peak_gib}))
 
 
-def time_call(fn: Any, warmup: int, runs: int) -> dict[str, float]:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1000)
-    return {"median_ms": float(np.median(times)), "p90_ms": float(np.percentile(times, 90))}
-
-
 @torch.no_grad()
 def eager(preset: str, warmup: int, runs: int) -> dict[str, dict[str, float]]:
+    from mor_edge.runtimes.latency import time_call
+
     model = build(preset)
     c = model.config
     lr = torch.rand(1, 3, c.lr_size, c.lr_size, generator=torch.Generator().manual_seed(0))

@@ -1,4 +1,2 @@
-"""Turning a MoR model into deployable artifacts (stage wrappers, routing plans, targets).
-
-Not implemented yet: see the open issue "Export layer, ONNX target, ONNX Runtime adapter".
-"""
+"""Turning a MoR model into deployable artifacts: stage wrappers, routing plans (static
+buckets, dynamic in-graph routing), one module per target, the manifest, and `export()`."""

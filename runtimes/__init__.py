@@ -1,4 +1,2 @@
-"""Loading exported artifacts on a runtime, parity gates and latency measurement.
-
-Not implemented yet: see the open issue "Export layer, ONNX target, ONNX Runtime adapter".
-"""
+"""Loading exported artifacts on a runtime (ONNX Runtime today), the shared pipeline, parity
+gates against the PyTorch reference, and latency measurement."""

@@ -16,7 +16,7 @@ from tqdm import tqdm
 from .base import Runtime
 
 
-def _time(fn: Callable[[], Any], warmup: int, runs: int) -> dict[str, float]:
+def time_call(fn: Callable[[], Any], warmup: int, runs: int) -> dict[str, float]:
     for _ in range(warmup):
         fn()
     times = []
@@ -60,7 +60,7 @@ def run_bench(runtime: Runtime, warmup: int = 3, runs: int = 10, progress: bool 
         calls[stage] = functools.partial(runtime.run_stage, stage, stage_inputs(runtime, stage), b)
     calls["end_to_end"] = functools.partial(runtime.pipeline, stage_inputs(runtime, "router")["lr"])
     timings = {
-        name: _time(call, warmup, runs)
+        name: time_call(call, warmup, runs)
         for name, call in tqdm(calls.items(), desc="bench", disable=not progress, unit="stage")
     }
     report: dict[str, Any] = {"stages": {s: timings[s] for s in STAGES}, "end_to_end": timings["end_to_end"]}
