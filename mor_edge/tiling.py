@@ -105,9 +105,11 @@ def upscale_tiled(
 ) -> Iterator[np.ndarray]:
     """Yield the SR colour image as float32 row bands (h, W*scale, 3), top to bottom.
 
-    The tiles form a grid and each tile's weight is wy (x) wx, so the total weight at a pixel
-    is the outer product of the summed 1-D ramps: no 2-D weight buffer is needed. Rows are
-    accumulated in one buffer of a tile's height, reused as rows are handed out."""
+    A band is a view into the one accumulation buffer (a tile high) and is overwritten on
+    the next iteration: use or copy it before asking for the next (`collect` copies). The
+    tiles form a grid and each tile's weight is wy (x) wx, so the total weight at a pixel is
+    the product of the summed 1-D ramps and is divided out in place: no 2-D weight buffer,
+    no per-band temporaries, which keeps a 16k-wide output within a few band-sized buffers."""
     if not 0 <= overlap < tile:
         raise ValueError(f"overlap must be in [0, tile), got {overlap} for tile {tile}")
     scale = engine.scale
@@ -139,12 +141,19 @@ def upscale_tiled(
             bar.update()
         done = (ys[iy + 1] * scale if iy + 1 < len(ys) else out_h) - band_top
         if done > 0:
-            norm = total_y[band_top : band_top + done, None] * total_x[None, :]
-            yield acc[:done] / norm[..., None]
+            band = acc[:done]
+            band /= total_y[band_top : band_top + done, None, None]
+            band /= total_x[None, :, None]
+            yield band
             acc[: acc.shape[0] - done] = acc[done:]
             acc[acc.shape[0] - done :] = 0
             band_top += done
     bar.close()
+
+
+def collect(bands: Iterator[np.ndarray]) -> np.ndarray:
+    """The whole image from `upscale_tiled`'s bands (copied, as the bands are reused views)."""
+    return np.concatenate([band.copy() for band in bands])
 
 
 def router_input_tile(lr: np.ndarray, size: int) -> np.ndarray:

@@ -21,7 +21,7 @@ class TileOptions:
 
 
 def _to_uint8(band: np.ndarray) -> np.ndarray:
-    """Float band in [0, 1] -> uint8, in place (the band is ours), to keep peak memory low."""
+    """Float band in [0, 1] -> uint8, scaling in place (the tiler's buffer is reused anyway)."""
     np.clip(band, 0, 1, out=band)
     band *= 255
     band += 0.5
@@ -56,7 +56,7 @@ def upscale_file(
             writer.abort()
             raise
     else:
-        save_image(_to_uint8(np.concatenate(list(bands))), dst, alpha)
+        save_image(np.concatenate([_to_uint8(band) for band in bands]), dst, alpha)
     return f"{image.width}x{image.height}", f"{out_w}x{out_h}"
 
 
