@@ -496,7 +496,8 @@ def evaluate(model_dir: str | None, count: int, seed: int, out: str, as_json: bo
     save_grid(pairs, sr, model.config.scale, folder / "grid.png")
     report["plots"] = {"active_experts": str(folder / "active_experts.png"), "grid": str(folder / "grid.png")}
     if as_json:
-        click.echo(json.dumps({k: v for k, v in report.items() if not k.endswith("per_image")}, indent=2))
+        per_image = [k for k in report if k.endswith("per_image")] + ["severities"]
+        click.echo(json.dumps({k: v for k, v in report.items() if k not in per_image}, indent=2))
         return
     click.echo(f"model {model.config.name} {model.config.label}".rstrip())
     click.echo(f"PSNR-Y  SR {report['psnr_sr']:.2f} dB   bicubic {report['psnr_bicubic']:.2f} dB")
