@@ -31,14 +31,6 @@ class Routing:
         """Number of real (non-zero-slot) experts selected per image, shape (N,)."""
         return (self.indices < self.routed).sum(dim=1)
 
-    def expert_mask(self) -> torch.Tensor:
-        """Boolean (N, E) mask of selected real experts."""
-        n = self.indices.shape[0]
-        slots = self.probs.shape[1]
-        hit = torch.zeros(n, slots, dtype=torch.bool, device=self.indices.device)
-        hit.scatter_(1, self.indices, True)
-        return hit[:, : self.routed]
-
 
 def route_logits(logits: torch.Tensor, top_k: int, routed: int) -> Routing:
     """Top-k over gate logits; softmax over the selected ones."""
