@@ -154,6 +154,25 @@ class MoRSR(nn.Module):
             z = self.vae.post_quant_conv(z)
         return ((self.vae.decoder(z) + 1) / 2).clamp(0, 1)
 
+    def run_stages(
+        self,
+        lr: torch.Tensor,
+        s: torch.Tensor | None = None,
+        buckets: Buckets | None = None,
+        adapters: bool = True,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """All stage outputs (s, latent, x0, SR) for LR in [0, 1]: the pipeline that `forward`
+        runs and that parity compares stage by stage. With ``adapters=False`` the MoR adapters
+        are off and no routing runs (the dense base); `s` is still returned."""
+        if s is None:
+            s = self.route(lr)
+        if not adapters:
+            clear_routing(self.layers())
+        routed = s if adapters else None
+        z = self.encode(self.upsample(lr), routed, buckets)
+        x0 = self.denoise(z, routed, buckets)
+        return s, z, x0, self.decode(x0)
+
     def forward(
         self,
         lr: torch.Tensor,
@@ -161,15 +180,8 @@ class MoRSR(nn.Module):
         buckets: Buckets | None = None,
         adapters: bool = True,
     ) -> torch.Tensor:
-        """LR in [0, 1] (N, 3, h, w) -> SR in [0, 1] (N, 3, scale*h, scale*w). With
-        ``adapters=False`` the MoR adapters are off and no routing runs (the dense base)."""
-        if not adapters:
-            clear_routing(self.layers())
-        elif s is None:
-            s = self.route(lr)
-        routed = s if adapters else None
-        z = self.encode(self.upsample(lr), routed, buckets)
-        return self.decode(self.denoise(z, routed, buckets))
+        """LR in [0, 1] (N, 3, h, w) -> SR in [0, 1] (N, 3, scale*h, scale*w)."""
+        return self.run_stages(lr, s, buckets, adapters)[3]
 
     def routing(self, s: torch.Tensor, buckets: Buckets | None = None) -> dict[str, Routing]:
         """Routing of every MoR layer for `s` (sets the layers' rank weights as a side effect)."""

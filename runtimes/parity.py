@@ -17,7 +17,7 @@ import torch
 
 from mor_edge.data import degraded_pairs
 from mor_edge.model import MoRSR
-from mor_edge.routing import Buckets, apply_routing, clear_routing, nearest_centre
+from mor_edge.routing import Buckets, apply_routing, nearest_centre
 
 from .base import Runtime
 
@@ -54,20 +54,6 @@ def _selection_sets(model: MoRSR, s: torch.Tensor) -> list[list[frozenset[int]]]
     return [[frozenset(row.tolist()) for row in r.indices] for r in routings.values()]
 
 
-def reference_stages(
-    model: MoRSR, lr: torch.Tensor, routing: str, buckets: Buckets | None
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The reference's s, latent, x0 and SR for one artifact routing mode (bucketed for
-    static, exact for dynamic, adapters off for base)."""
-    s = model.route(lr)
-    routed = None if routing == "base" else s
-    if routed is None:
-        clear_routing(model.layers())
-    z = model.encode(model.upsample(lr), routed, buckets)  # same steps as MoRSR.forward
-    x0 = model.denoise(z, routed, buckets)
-    return s, z, x0, model.decode(x0)
-
-
 @torch.no_grad()
 def run_parity(runtime: Runtime, model: MoRSR, samples: int = 6, seed: int = 0) -> dict[str, Any]:
     artifact = runtime.artifact
@@ -82,7 +68,9 @@ def run_parity(runtime: Runtime, model: MoRSR, samples: int = 6, seed: int = 0) 
     for i in range(samples):
         lr = pairs.lr[i : i + 1]
         lr_np = lr.numpy()
-        s_ref, z_ref, x0_ref, sr_ref = reference_stages(model, lr, artifact.routing, buckets)
+        s_ref, z_ref, x0_ref, sr_ref = model.run_stages(
+            lr, buckets=buckets, adapters=artifact.routing != "base"
+        )
         bucket = int(nearest_centre(s_ref.numpy(), artifact.bucket_centres)[0]) if static else None
         routed = {"s": s_ref.numpy()} if artifact.routing == "dynamic" else {}
         stage_pairs["router"].append((s_ref.numpy(), runtime.run_stage("router", {"lr": lr_np})))
