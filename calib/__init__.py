@@ -1,4 +1,1 @@
-"""Calibration sets for INT8 quantization.
-
-Not implemented yet: see the open issue "Calibration, INT8 quantization, and the OpenVINO target".
-"""
+"""Calibration sets for INT8: degradation-stratified sampling, stage-input capture, feeders."""

@@ -210,6 +210,11 @@ def _print_parity(report: dict[str, Any]) -> None:
         click.echo(f"  {stage:<12}{r['max_abs']:>12.3g}{r['max_abs_scaled']:>12.3g}{r['psnr_db']:>10.1f}")
     click.echo(f"  routing agreement {report['routing_agreement']:.3f} ({report['routing_agreement_kind']})")
     click.echo(f"  static bucketing vs exact routing (reference): {report['bucketing_cost_psnr_db']:.1f} dB")
+    hr = report["hr_psnr_y_db"]
+    click.echo(
+        f"  PSNR-Y against HR: reference {hr['reference']:.2f} dB, runtime {hr['runtime']:.2f} dB "
+        f"({report['hr_psnr_delta_db']:+.2f} dB)"
+    )
     click.echo("  PASSED" if report["passed"] else "  FAILED: " + "; ".join(report["failures"]))
 
 
@@ -238,7 +243,7 @@ def _bench(artifact_dir: str, warmup: int, runs: int, threads: int | None, progr
 
 
 @main.command("export")
-@click.option("--target", type=click.Choice(["onnx"]), default="onnx", show_default=True)
+@click.option("--target", type=click.Choice(["onnx", "openvino"]), default="onnx", show_default=True)
 @click.option(
     "--routing",
     type=click.Choice(["static", "dynamic", "base"]),
@@ -247,7 +252,14 @@ def _bench(artifact_dir: str, warmup: int, runs: int, threads: int | None, progr
     help="static: experts folded per degradation bucket; dynamic: in-graph TopK + Gather on s; "
     "base: adapters off (a latency baseline).",
 )
-@click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True)
+@click.option(
+    "--precision",
+    type=click.Choice(["fp32", "fp16", "int8", "w8"]),
+    default="fp32",
+    show_default=True,
+    help="int8: weights and activations (calibrated; the router stays in float); "
+    "w8: INT8 weights only (openvino).",
+)
 @click.option(
     "--bucket-levels",
     type=click.IntRange(1, 4),
@@ -258,10 +270,31 @@ def _bench(artifact_dir: str, warmup: int, runs: int, threads: int | None, progr
 @click.option(
     "--dynamic-form",
     type=click.Choice(["fold", "gather"]),
-    default="fold",
-    show_default=True,
+    default=None,
     help="Dynamic routing: fold the selected ranks into the weights in-graph, or apply them "
-    "to the activations.",
+    "to the activations. Default: fold; gather for int8 (base weights stay constant).",
+)
+@click.option(
+    "--calib",
+    "calib_dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="INT8: calibration set from `mor-edge calibrate` (default: one made now, 64 samples).",
+)
+@click.option(
+    "--keep-float",
+    type=click.Choice(["default", "auto", "none"]),
+    default="default",
+    show_default=True,
+    help="INT8: layer groups kept in float. default: each stage's conv_in/conv_out; auto: also "
+    "those a sensitivity pass finds costly (prints the table); none: quantize all.",
+)
+@click.option(
+    "--calibration-method",
+    type=click.Choice(["minmax", "percentile", "entropy"]),
+    default="percentile",
+    show_default=True,
+    help="INT8 with the onnx target: how activation ranges are computed (percentile measured best).",
 )
 @click.option(
     "--exporter", type=click.Choice(["torchscript", "dynamo"]), default="torchscript", show_default=True
@@ -279,7 +312,10 @@ def export_command(
     routing: str,
     precision: str,
     bucket_levels: int,
-    dynamic_form: str,
+    dynamic_form: str | None,
+    calib_dir: str | None,
+    keep_float: str,
+    calibration_method: str,
     exporter: str,
     model_dir: str | None,
     out: str | None,
@@ -291,12 +327,18 @@ def export_command(
 ) -> None:
     """Export the model (default: built-in) to TARGET, then check parity against the PyTorch
     reference (exit 1 if a gate fails) and print the latency table."""
+    from mor_edge.calib.calibration_set import CalibrationSet
     from mor_edge.export.exporter import export
     from mor_edge.export.routing_plan import default_buckets
 
     model = _load(model_dir)
     out = out or f"artifacts/{model.config.name}-{target}-{routing}-{precision}"
     Path(out).parent.mkdir(parents=True, exist_ok=True)
+    options: dict[str, Any] = {"exporter": exporter}
+    if calibration_method != "percentile":
+        if target != "onnx":
+            raise UserError("--calibration-method applies to the onnx target (NNCF picks its own ranges)")
+        options["calibration_method"] = calibration_method
     path = export(
         model,
         out,
@@ -306,10 +348,13 @@ def export_command(
         buckets=default_buckets(model, bucket_levels) if routing == "static" else None,
         force=force,
         model_source="builtin" if model_dir is None else str(Path(model_dir).resolve()),
-        target_options={"exporter": exporter},
+        target_options=options,
         dynamic_form=dynamic_form,
+        calibration=CalibrationSet.load(calib_dir) if calib_dir else None,
+        keep_float=keep_float,
     )
     click.echo(f"wrote {path}")
+    _print_quantization(str(path))
     failed = False
     if not skip_parity:
         report = _parity(str(path), model, samples, 0, threads)
@@ -319,6 +364,104 @@ def export_command(
         _print_bench(_bench(str(path), 3, 10, threads, progress=True))
     if failed:
         raise click.ClickException("parity gates failed (see above); the artifact is kept for inspection")
+
+
+def _print_quantization(artifact_dir: str) -> None:
+    """What a quantized export kept in float, and its sensitivity table where one was made."""
+    from mor_edge.export.manifest import Artifact
+
+    manifest = Artifact(artifact_dir, verify=False).manifest
+    for stage, entry in manifest["stages"].items():
+        q = entry.get("quantization")
+        if not q:
+            continue
+        kept = ", ".join(q.get("keep_float_groups", [])) or "none"
+        click.echo(
+            f"\n{stage}: {entry['precision']}, {q.get('quantized_nodes', '?')} nodes quantized, "
+            f"kept in float: {kept}"
+        )
+        for row in q.get("sensitivity", []):
+            mark = "  <- kept in float" if row["group"] in q["keep_float_groups"] else ""
+            click.echo(f"  {row['group']:<44}{row['psnr_db']:>8.1f} dB{mark}")
+
+
+@main.command()
+@model_option
+@click.option(
+    "--images",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Folder of HR photos (default: the built-in training photos).",
+)
+@click.option(
+    "--samples",
+    type=click.IntRange(1),
+    default=64,
+    show_default=True,
+    help="Calibration samples (at least the number of buckets).",
+)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--bucket-levels",
+    type=click.IntRange(1, 4),
+    default=2,
+    show_default=True,
+    help="Static bucket grid the set must cover.",
+)
+@click.option(
+    "--routing",
+    "routings",
+    type=click.Choice(["static", "dynamic", "base"]),
+    multiple=True,
+    default=("static", "dynamic"),
+    show_default=True,
+    help="Routing modes to capture stage inputs for (repeat the option).",
+)
+@click.option("--out", type=click.Path(file_okay=False), required=True, help="Folder to write the set to.")
+@click.option("--force", is_flag=True, help="Replace an existing folder.")
+@user_errors
+def calibrate(
+    model_dir: str | None,
+    images: str | None,
+    samples: int,
+    seed: int,
+    bucket_levels: int,
+    routings: tuple[str, ...],
+    out: str,
+    force: bool,
+) -> None:
+    """Build an INT8 calibration set: degraded crops stratified so every static bucket gets
+    samples, each stage's inputs captured from the reference, saved with its recipe."""
+    from mor_edge.atomic import check_destination
+    from mor_edge.calib.sampling import build_calibration_set, coverage, folder_images
+
+    check_destination(Path(out), force)
+    model = _load(model_dir)
+    cset = build_calibration_set(
+        model,
+        samples,
+        seed,
+        bucket_levels,
+        tuple(dict.fromkeys(routings)),
+        folder_images(images) if images else None,
+    )
+    cset.save(out, force)
+    report = coverage(cset, model)
+    click.echo(f"wrote {out} ({samples} samples, stage inputs for {', '.join(cset.routings)})")
+    click.echo(
+        f"\nbucket coverage: {report['buckets_covered']} of {report['buckets_total']} buckets have samples"
+    )
+    click.echo(f"  {'bucket':<8}{'samples':>8}{'own s':>8}{'pool':>8}")
+    for row in report["buckets"]:
+        click.echo(f"  {row['bucket']:<8}{row['samples']:>8}{row['natural']:>8}{row['pool_natural']:>8}")
+    click.echo(
+        "  (own s / pool: samples whose own scores fall in the bucket; the rest are the nearest draws)"
+    )
+    e = report["experts"]
+    click.echo(
+        f"\nrouted-expert coverage (dynamic): worst layer {e['min']:.0%}, mean {e['mean']:.0%}, "
+        f"{e['layers_fully_covered']} of {e['layers']} layers see every expert"
+    )
 
 
 @main.command()

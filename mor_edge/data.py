@@ -30,11 +30,14 @@ class PairSet:
     severities: list[str]
 
 
-def degraded_pairs(sr_size: int, count: int, seed: int, subset: str = "eval") -> PairSet:
-    """`count` HR crops of the subset's photos (round robin) with Real-ESRGAN degradations,
-    severities cycling mild, moderate, severe. Fully determined by the arguments."""
+def degraded_pairs(
+    sr_size: int, count: int, seed: int, subset: str = "eval", pool: list[np.ndarray] | None = None
+) -> PairSet:
+    """`count` HR crops of the subset's photos (or of `pool`, (H, W, 3) uint8 images), round
+    robin, with Real-ESRGAN degradations, severities cycling mild, moderate, severe. Fully
+    determined by the arguments."""
     rng = np.random.default_rng(seed)
-    pool = list(photos(subset).values())
+    pool = pool if pool is not None else list(photos(subset).values())
     hr = torch.stack([random_crop(pool[i % len(pool)], sr_size, rng) for i in range(count)])
     levels = list(SEVERITIES)
     severities = [levels[i % len(levels)] for i in range(count)]

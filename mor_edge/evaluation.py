@@ -25,6 +25,13 @@ def y_channel(image: torch.Tensor) -> np.ndarray:
     return (16.0 + (65.481 * r + 128.553 * g + 24.966 * b) / 255.0) / 255.0
 
 
+def psnr(reference: np.ndarray, other: np.ndarray) -> float:
+    """PSNR in dB with the reference's value range as peak (1 for images in [0, 1])."""
+    peak = float(reference.max() - reference.min()) or 1.0
+    mse = float(np.mean((reference.astype(np.float64) - other.astype(np.float64)) ** 2))
+    return math.inf if mse == 0 else 10 * math.log10(peak**2 / mse)
+
+
 def psnr_y(sr: torch.Tensor, hr: torch.Tensor, border: int) -> float:
     a, b = y_channel(sr), y_channel(hr)
     if border:

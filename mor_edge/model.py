@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import math
 from collections.abc import Iterator
@@ -301,3 +302,13 @@ def _load_base(target: nn.Module, source: nn.Module) -> None:
     bad = [k for k in missing if not any(a in k for a in adapter_keys)]
     if bad or unexpected:
         raise RuntimeError(f"weights do not fit the model: missing {bad[:5]}, unexpected {unexpected[:5]}")
+
+
+def model_fingerprint(model: MoRSR) -> str:
+    """sha256 over the config and every tensor of the state dict (names, shapes, bytes)."""
+    h = hashlib.sha256(json.dumps(model.config.to_dict(), sort_keys=True).encode())
+    for name, tensor in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(str(tuple(tensor.shape)).encode())
+        h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()

@@ -113,4 +113,13 @@ def load_runtime(folder: str | Path, threads: int | None = None) -> Runtime:
                 "(pip install 'mor-edge[onnx]')"
             ) from None
         return OrtRuntime(artifact, threads)
+    if artifact.target == "openvino":
+        try:
+            from .openvino_runtime import OpenVinoRuntime
+        except ImportError:
+            raise ArtifactError(
+                f"{folder}: OpenVINO artifacts need openvino, which is not installed "
+                "(pip install 'mor-edge[openvino]')"
+            ) from None
+        return OpenVinoRuntime(artifact, threads)
     raise ArtifactError(f"{folder}: no runtime for target {artifact.target!r} in this mor-edge")

@@ -146,11 +146,11 @@ def test_failed_export_leaves_nothing(
     calls = {"n": 0}
     real = onnx_export.OnnxTarget.export_stage
 
-    def flaky(self, module, spec, path):  # type: ignore[no-untyped-def]
+    def flaky(self, module, spec, path, precision="fp32"):  # type: ignore[no-untyped-def]
         calls["n"] += 1
         if calls["n"] == 3:
             raise RuntimeError("disk full")
-        return real(self, module, spec, path)
+        return real(self, module, spec, path, precision)
 
     monkeypatch.setattr(onnx_export.OnnxTarget, "export_stage", flaky)
     with pytest.raises(RuntimeError, match="disk full"):

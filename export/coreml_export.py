@@ -1,0 +1,256 @@
+"""The Core ML target: an ML Program `.mlpackage` per stage.
+
+Conversion traces the stage with `torch.jit.trace` (the diffusers VAE and UNet convert
+cleanly that way; `torch.export` is not used) and converts with coremltools to an ML Program,
+iOS 17 by default, iOS 18 where a stage holds several functions. Compute precision FP16
+(default) or FP32. Attention stays in diffusers' standard form (matmul + softmax): the
+Neural Engine "split einsum" rewrite is not done (see the README).
+
+Static routing keeps the LoRA branch unmerged and sliced to the S shared + k selected ranks
+of each bucket, so every bucket's function has byte-identical base weights; the functions are
+saved as one multifunction package (`ct.utils.save_multifunction` stores identical weights
+once). Dynamic routing is one function taking `s`.
+
+Compression: `w8` (8-bit symmetric linear weights, data-free), `palette6` (6-bit k-means
+palettization), `w8a8` (adds activation quantization, which calibrates by running Core ML:
+macOS only, refused elsewhere with `CoreMLUnavailable`).
+
+Validation that needs no Core ML runtime: inputs/outputs against the stage spec, every
+PyTorch weight against the package's (dequantized) weights, an op inventory with ops the
+Neural Engine is not expected to run flagged, package sizes.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+import re
+import shutil
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from mor_edge.errors import UserError
+
+from .stages import StageSpec
+
+PRECISIONS = ("fp16", "fp32", "w8", "palette6", "w8a8")
+# Ops that index or sort with data-dependent values: Apple's Neural Engine runs static-shape
+# fp16 convolutions, matmuls and element-wise ops; these fall back to the CPU (a heuristic
+# from Apple's Core ML performance guidance, not a per-device guarantee).
+NOT_ON_NEURAL_ENGINE = frozenset(
+    {
+        "topk",
+        "argsort",
+        "gather",
+        "gather_nd",
+        "gather_along_axis",
+        "scatter",
+        "scatter_nd",
+        "non_zero",
+        "cumsum",
+    }
+)
+WEIGHT_TOLERANCE = {"fp32": 1e-6, "fp16": 1e-3, "w8": 1.0 / 127, "palette6": 1.0 / 16, "w8a8": 1.0 / 127}
+
+
+class CoreMLUnavailable(UserError):
+    """A step that needs the Core ML runtime (macOS) was asked for elsewhere."""
+
+
+def require_macos(step: str) -> None:
+    if platform.system() != "Darwin":
+        raise CoreMLUnavailable(
+            f"{step} needs the Core ML runtime, which exists only on macOS; on {platform.system()} "
+            "Core ML models can be converted and validated but not run"
+        )
+
+
+def _quiet() -> None:
+    logging.getLogger("coremltools").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", module="coremltools")
+
+
+class CoreMLTarget:
+    name = "coreml"
+    suffix = ".mlpackage"
+    precisions: tuple[str, ...] = PRECISIONS
+    static_weights = "sliced"  # the exporter keeps the LoRA branch unmerged per bucket
+    float_precision = "fp16"  # what a quantized export runs the router in
+
+    def __init__(self, deployment_target: str = "iOS17") -> None:
+        import coremltools as ct
+
+        if not hasattr(ct.target, deployment_target):
+            raise UserError(f"unknown Core ML deployment target {deployment_target!r}")
+        self.deployment_target = deployment_target
+        self.reports: dict[str, dict[str, Any]] = {}
+
+    def describe(self) -> dict[str, object]:
+        import coremltools as ct
+
+        return {
+            "coremltools": ct.__version__,
+            "conversion": "torch.jit.trace -> ct.convert (mlprogram)",
+            "deployment_target": self.deployment_target,
+        }
+
+    def export_stage(
+        self,
+        module: nn.Module,
+        spec: StageSpec,
+        path: Path,
+        precision: str = "fp16",
+        deployment: str | None = None,
+    ) -> list[Path]:
+        import coremltools as ct
+
+        _quiet()
+        if precision == "w8a8":
+            require_macos("W8A8 activation calibration (coremltools runs the model on sample data)")
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            traced = torch.jit.trace(module.eval(), spec.dummy_inputs(), check_trace=False)
+            model = ct.convert(
+                traced,
+                inputs=[ct.TensorType(name=t.name, shape=t.shape, dtype=np.float32) for t in spec.inputs],
+                outputs=[ct.TensorType(name=t.name, dtype=np.float32) for t in spec.outputs],
+                convert_to="mlprogram",
+                minimum_deployment_target=getattr(ct.target, deployment or self.deployment_target),
+                compute_precision=ct.precision.FLOAT32 if precision == "fp32" else ct.precision.FLOAT16,
+            )
+            model = compress(model, precision)
+        model.save(str(path))
+        check_io(path, spec)
+        self.reports[path.name] = {
+            "weights": compare_weights(module, path, WEIGHT_TOLERANCE[precision]),
+            "ops": op_inventory(path),
+            "size_bytes": package_size(path),
+        }
+        bad = self.reports[path.name]["weights"]["mismatched"]
+        if bad:
+            raise RuntimeError(f"{path.name}: converted weights differ from PyTorch: {bad[:5]}")
+        return [path]
+
+    def combine_variants(self, paths: list[Path], out: Path, functions: list[str]) -> None:
+        """One multifunction package from single-function ones (identical weights stored once)."""
+        import coremltools as ct
+
+        _quiet()
+        desc = ct.utils.MultiFunctionDescriptor()
+        for path, function in zip(paths, functions, strict=True):
+            desc.add_function(str(path), src_function_name="main", target_function_name=function)
+        desc.default_function_name = functions[0]
+        ct.utils.save_multifunction(desc, str(out))
+
+
+def compress(model: Any, precision: str) -> Any:
+    """Data-free weight compression for `w8`/`w8a8` (8-bit linear) and `palette6` (6-bit k-means)."""
+    import coremltools.optimize.coreml as cto
+
+    if precision in ("w8", "w8a8"):
+        config = cto.OptimizationConfig(
+            global_config=cto.OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int8")
+        )
+        return cto.linear_quantize_weights(model, config)
+    if precision == "palette6":
+        config = cto.OptimizationConfig(global_config=cto.OpPalettizerConfig(mode="kmeans", nbits=6))
+        return cto.palettize_weights(model, config)
+    return model
+
+
+def _program(path: Path) -> Any:
+    import coremltools as ct
+    from coremltools.converters.mil.frontend.milproto import load as milproto_load
+    from coremltools.models.utils import _convert_model_spec_to_pymil_prog
+
+    model = ct.models.MLModel(str(path), skip_model_load=True)
+    return _convert_model_spec_to_pymil_prog(model, model.get_spec().specificationVersion, milproto_load)
+
+
+def package_weights(path: Path) -> dict[str, dict[str, np.ndarray]]:
+    """function -> {const name: value}, compressed weights dequantized (materialized)."""
+    out: dict[str, dict[str, np.ndarray]] = {}
+    for fname, function in _program(path).functions.items():
+        weights: dict[str, np.ndarray] = {}
+        for op in function.operations:
+            if op.op_type.startswith("constexpr_"):
+                weights[op.outputs[0].name] = np.asarray(op.materialized_val_inference(), dtype=np.float32)
+            elif op.op_type == "const" and op.val.val is not None and np.ndim(op.val.val) >= 1:
+                value = np.asarray(op.val.val)
+                if value.dtype.kind == "f":
+                    weights[op.outputs[0].name] = value.astype(np.float32)
+        out[fname] = weights
+    return out
+
+
+def _core_ml_name(torch_name: str) -> str:
+    return re.sub(r"[^0-9A-Za-z]", "_", torch_name)
+
+
+def compare_weights(module: nn.Module, path: Path, tolerance: float) -> dict[str, Any]:
+    """Every float PyTorch tensor of `module` that the package holds under its traced name,
+    compared elementwise: max |torch - coreml| / max|torch| per tensor."""
+    reference = {
+        _core_ml_name(k): v.detach().float().numpy()
+        for k, v in module.state_dict().items()
+        if v.is_floating_point()
+    }
+    worst, compared, mismatched = 0.0, 0, []
+    for weights in package_weights(path).values():
+        by_base = {
+            re.sub(r"(_to_fp16|_palettized|_quantized|_cast_fp16)+$", "", k): v for k, v in weights.items()
+        }
+        for name, ref in reference.items():
+            got = by_base.get(name)
+            if got is None or got.shape != ref.shape:
+                continue
+            error = float(np.abs(got - ref).max() / max(float(np.abs(ref).max()), 1e-12))
+            worst = max(worst, error)
+            compared += 1
+            if error > tolerance:
+                mismatched.append(f"{name}: relative error {error:.3g} > {tolerance:.3g}")
+    return {
+        "compared": compared,
+        "max_relative_error": worst,
+        "tolerance": tolerance,
+        "mismatched": mismatched,
+    }
+
+
+def op_inventory(path: Path) -> dict[str, Any]:
+    counts: dict[str, int] = {}
+    for function in _program(path).functions.values():
+        for op in function.operations:
+            counts[op.op_type] = counts.get(op.op_type, 0) + 1
+    flagged = sorted(op for op in counts if op in NOT_ON_NEURAL_ENGINE)
+    return {"counts": dict(sorted(counts.items())), "not_on_neural_engine": flagged}
+
+
+def package_size(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def check_io(path: Path, spec: StageSpec) -> None:
+    """The package's inputs and outputs: the spec's names, shapes and float32."""
+    import coremltools as ct
+    from coremltools.proto import FeatureTypes_pb2
+
+    description = ct.models.MLModel(str(path), skip_model_load=True).get_spec().description
+    fp32 = FeatureTypes_pb2.ArrayFeatureType.FLOAT32
+    for kind, features, tensors in (
+        ("input", description.input, spec.inputs),
+        ("output", description.output, spec.outputs),
+    ):
+        got = [(f.name, tuple(f.type.multiArrayType.shape), f.type.multiArrayType.dataType) for f in features]
+        want = [(t.name, t.shape, fp32) for t in tensors]
+        if got != want:
+            raise RuntimeError(f"{path.name}: package {kind}s {got} do not match the stage spec {want}")
+
+
+def remove(path: Path) -> None:
+    shutil.rmtree(path)

@@ -1,0 +1,158 @@
+"""The INT8 path every target shares: float ONNX graph -> float-only nodes -> sensitivity ->
+the target's quantizer.
+
+What stays in floating point, always: the router stage (the exporter never quantizes it),
+and inside a stage every node that reads a tensor computed from `s` (the gate, TopK and the
+gathered LoRA branch of dynamic routing) or that does not depend on the image at all
+(constant subgraphs such as the baked-in time embedding). On top of that, layer groups are
+kept in float by policy: `default` keeps each stage's first and last convolutions
+(`conv_in`, `conv_out`); `auto` measures every group (stage PSNR with only that group
+quantized, against the float graph) and also keeps those below `AUTO_THRESHOLD_DB`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import onnx
+
+from mor_edge.evaluation import psnr
+
+Sample = dict[str, np.ndarray]
+QUANTIZED_OPS = ("Conv", "MatMul", "Gemm")
+KEEP_FLOAT_POLICIES = ("default", "auto", "none")
+DEFAULT_KEEP_FLOAT = re.compile(r"(^|/)(conv_in|conv_out)(/|$)")
+AUTO_THRESHOLD_DB = 40.0
+
+
+class Quantizer(Protocol):
+    """What a target provides for INT8: quantize a float ONNX graph, and run the result."""
+
+    def quantize_stage(
+        self, source: Path, path: Path, samples: list[Sample], float_nodes: set[str]
+    ) -> None: ...
+
+    def runner(self, path: Path) -> Callable[[Sample], np.ndarray]: ...
+
+
+def float_only_nodes(graph: onnx.GraphProto, routing_inputs: Iterable[str] = ("s",)) -> set[str]:
+    """Nodes that must stay in float: those reading a tensor computed from the routing inputs
+    alone (gate logits, TopK, gathered or folded LoRA weights), and those whose result does not
+    depend on any image input (constant subgraphs)."""
+    graph_inputs = [i.name for i in graph.input]
+    routing = set(routing_inputs) & set(graph_inputs)
+    image = set(graph_inputs) - routing
+    keep = set()
+    for node in graph.node:  # ONNX graphs are topologically sorted
+        reads_routing = any(t in routing for t in node.input)
+        reads_image = any(t in image for t in node.input)
+        if reads_image:
+            image.update(node.output)
+        elif reads_routing:
+            routing.update(node.output)
+        if reads_routing or not reads_image:
+            keep.add(node.name)
+    return keep
+
+
+def layer_group(node_name: str) -> str:
+    """A node's layer group: its module path up to three levels (e.g. `unet/mid_block/attentions.0`)."""
+    parts = node_name.strip("/").split("/")[:-1] or ["graph"]
+    return "/".join(parts[:3])
+
+
+def quantizable_groups(graph: onnx.GraphProto) -> dict[str, list[str]]:
+    """Layer group -> names of its Conv/MatMul/Gemm nodes that may be quantized."""
+    fixed = float_only_nodes(graph)
+    groups: dict[str, list[str]] = {}
+    for node in graph.node:
+        if node.op_type in QUANTIZED_OPS and node.name not in fixed:
+            groups.setdefault(layer_group(node.name), []).append(node.name)
+    return groups
+
+
+def worst_psnr(
+    run: Callable[[Sample], np.ndarray], samples: list[Sample], reference: list[np.ndarray]
+) -> float:
+    return min(psnr(ref, run(x)) for x, ref in zip(samples, reference, strict=True))
+
+
+def sensitivity(
+    quantizer: Quantizer,
+    source: Path,
+    samples: list[Sample],
+    groups: dict[str, list[str]],
+    scratch: Path,
+    reference_run: Callable[[Sample], np.ndarray],
+) -> list[dict[str, Any]]:
+    """Stage PSNR (worst sample, against the float graph) with one layer group quantized at a
+    time, worst first."""
+    reference = [reference_run(x) for x in samples]
+    all_nodes = {n for nodes in groups.values() for n in nodes}
+    rows = []
+    for i, (group, nodes) in enumerate(sorted(groups.items())):
+        path = scratch / f"sensitivity-{i}{source.suffix}"
+        quantizer.quantize_stage(
+            source, path, samples, float_nodes=_float_nodes(source) | (all_nodes - set(nodes))
+        )
+        rows.append(
+            {
+                "group": group,
+                "nodes": len(nodes),
+                "psnr_db": worst_psnr(quantizer.runner(path), samples, reference),
+            }
+        )
+    return sorted(rows, key=lambda r: r["psnr_db"])
+
+
+def _float_nodes(source: Path) -> set[str]:
+    return float_only_nodes(onnx.load(str(source), load_external_data=False).graph)
+
+
+def keep_float_groups(
+    policy: str, groups: dict[str, list[str]], rows: list[dict[str, Any]] | None = None
+) -> list[str]:
+    """Layer groups kept in float under `policy` (`rows`: the sensitivity table, for `auto`)."""
+    if policy not in KEEP_FLOAT_POLICIES:
+        raise ValueError(f"keep-float policy must be one of {KEEP_FLOAT_POLICIES}")
+    if policy == "none":
+        return []
+    keep = {g for g in groups if DEFAULT_KEEP_FLOAT.search(g)}
+    if policy == "auto":
+        keep |= {r["group"] for r in rows or [] if r["psnr_db"] < AUTO_THRESHOLD_DB}
+    return sorted(keep)
+
+
+def plan_float_nodes(
+    quantizer: Quantizer,
+    source: Path,
+    samples: list[Sample],
+    policy: str,
+    scratch: Path,
+    reference_run: Callable[[Sample], np.ndarray],
+) -> tuple[set[str], dict[str, Any]]:
+    """The nodes to keep in float for `source` under `policy`, and a report of the choice."""
+    graph = onnx.load(str(source), load_external_data=False).graph
+    groups = quantizable_groups(graph)
+    rows = (
+        sensitivity(quantizer, source, samples, groups, scratch, reference_run) if policy == "auto" else None
+    )
+    keep = keep_float_groups(policy, groups, rows)
+    nodes = float_only_nodes(graph) | {n for g in keep for n in groups[g]}
+    quantized = sum(len(v) for g, v in groups.items() if g not in keep)
+    report: dict[str, Any] = {
+        "keep_float_policy": policy,
+        "keep_float_groups": keep,
+        "quantized_nodes": quantized,
+        "float_nodes_of_quantizable_types": sum(
+            1 for n in graph.node if n.op_type in QUANTIZED_OPS and n.name in nodes
+        ),
+    }
+    if rows is not None:
+        report["sensitivity"] = rows
+        report["auto_threshold_db"] = AUTO_THRESHOLD_DB
+    return nodes, report

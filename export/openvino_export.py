@@ -1,0 +1,117 @@
+"""The OpenVINO target: IR (`.xml` + `.bin`) per stage variant, converted from the checked
+ONNX graph of the ONNX target (one tracing path for every target).
+
+Precisions: fp32; fp16 (weights stored in FP16, `compress_to_fp16`: the CPU plugin computes
+in FP32, GPU and NPU in FP16); int8 (`nncf.quantize`, transformer model type so attention
+MatMuls are handled, fast bias correction, an ignored scope of the float-only nodes and
+kept-float layer groups); w8 (`nncf.compress_weights` INT8 asymmetric, weight-only, no
+calibration data).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import openvino as ov
+from torch import nn
+
+from .int8 import Sample
+from .onnx_export import OnnxTarget
+from .stages import StageSpec
+
+_OV_TYPES = {"float32": ov.Type.f32}
+
+
+def ignored_scope(float_nodes: set[str]) -> Any:
+    """An NNCF ignored scope for ONNX node names: OpenVINO names the ops it makes from an
+    ONNX node `<name>` `<name>` or `<name>/<suffix>` (e.g. `/conv/Conv/WithoutBiases`)."""
+    import nncf
+
+    if not float_nodes:
+        return nncf.IgnoredScope()
+    names = "|".join(re.escape(n) for n in sorted(float_nodes))
+    return nncf.IgnoredScope(patterns=[f"^(?:{names})(?:/.*)?$"], validate=False)
+
+
+class OpenVinoTarget:
+    name = "openvino"
+    suffix = ".xml"
+    precisions: tuple[str, ...] = ("fp32", "fp16", "int8", "w8")
+
+    def __init__(self, exporter: str = "torchscript", **onnx_options: Any) -> None:
+        self.onnx = OnnxTarget(exporter, **onnx_options)
+
+    def describe(self) -> dict[str, object]:
+        import nncf
+
+        return {**self.onnx.describe(), "openvino": ov.__version__, "nncf": nncf.__version__}
+
+    def export_stage(
+        self, module: nn.Module, spec: StageSpec, path: Path, precision: str = "fp32"
+    ) -> list[Path]:
+        """Float IR: ONNX export (fp32), conversion, weights compressed to FP16 for fp16."""
+        scratch = path.parent / f".{path.stem}.ov-scratch"
+        scratch.mkdir()
+        try:
+            source = scratch / "model.onnx"
+            self.onnx.export_stage(module, spec, source, "fp32")
+            ov.save_model(ov.convert_model(str(source)), str(path), compress_to_fp16=precision == "fp16")
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        return self.finish(path, spec)
+
+    def quantize_stage(self, source: Path, path: Path, samples: list[Sample], float_nodes: set[str]) -> None:
+        """INT8 weights and activations with `nncf.quantize` over the calibration samples."""
+        import nncf
+        from mor_edge.calib.feeders import nncf_dataset
+
+        quantized = nncf.quantize(
+            ov.convert_model(str(source)),
+            nncf_dataset(samples),
+            subset_size=len(samples),
+            model_type=nncf.ModelType.TRANSFORMER,
+            fast_bias_correction=True,
+            ignored_scope=ignored_scope(float_nodes),
+        )
+        ov.save_model(quantized, str(path), compress_to_fp16=False)
+
+    def compress_weights(self, source: Path, path: Path, float_nodes: set[str]) -> None:
+        """Weight-only INT8 (asymmetric, per channel); activations stay in float."""
+        import nncf
+
+        nncf.set_log_level(logging.ERROR)
+        compressed = nncf.compress_weights(
+            ov.convert_model(str(source)),
+            mode=nncf.CompressWeightsMode.INT8_ASYM,
+            ignored_scope=ignored_scope(float_nodes),
+        )
+        ov.save_model(compressed, str(path), compress_to_fp16=False)
+
+    def runner(self, path: Path) -> Callable[[Sample], np.ndarray]:
+        compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+        return lambda inputs: np.asarray(compiled(inputs)[0])
+
+    def finish(self, path: Path, spec: StageSpec) -> list[Path]:
+        """Check the IR's inputs and outputs against the stage spec; returns its files."""
+        check_io(path, spec)
+        return [path, path.with_suffix(".bin")]
+
+
+def check_io(path: Path, spec: StageSpec) -> None:
+    model = ov.Core().read_model(str(path))
+    for kind, ports, tensors in (
+        ("input", model.inputs, spec.inputs),
+        ("output", model.outputs, spec.outputs),
+    ):
+        got = [
+            (p.get_any_name(), tuple(p.get_partial_shape().to_shape()), p.get_element_type()) for p in ports
+        ]
+        want = [(t.name, t.shape, _OV_TYPES[t.dtype]) for t in tensors]
+        if got != want:
+            raise RuntimeError(f"{path.name}: IR {kind}s {got} do not match the stage spec {want}")

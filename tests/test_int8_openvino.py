@@ -1,0 +1,236 @@
+"""INT8 (ONNX Runtime QDQ and NNCF) and the OpenVINO target on the tiny preset.
+
+Static exports here use one bucket (`--bucket-levels 1`) so each stage is one graph: the
+16-bucket path is the same code run per variant and is covered by the float tests.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from click.testing import CliRunner
+from mor_edge.calib.calibration_set import CalibrationSet
+from mor_edge.calib.sampling import build_calibration_set
+from mor_edge.export.exporter import export
+from mor_edge.export.int8 import float_only_nodes, keep_float_groups, layer_group
+from mor_edge.runtimes.base import load_runtime
+from mor_edge.runtimes.latency import run_bench
+from mor_edge.runtimes.parity import run_parity
+from onnx import TensorProto, helper
+
+from mor_edge.cli import main
+from mor_edge.errors import UserError
+from mor_edge.model import MoRSR
+from mor_edge.routing import Buckets
+
+ONE_BUCKET = Buckets.grid(1, 4)
+
+
+@pytest.fixture(scope="module")
+def calibration(tiny_model: MoRSR) -> CalibrationSet:
+    return build_calibration_set(
+        tiny_model, 16, bucket_levels=1, routings=("static", "dynamic"), progress=False
+    )
+
+
+@pytest.fixture(scope="module")
+def int8_artifacts(
+    tiny_model: MoRSR, calibration: CalibrationSet, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("int8")
+    return {
+        target: export(
+            tiny_model,
+            root / target,
+            target=target,
+            precision="int8",
+            buckets=ONE_BUCKET,
+            calibration=calibration,
+            progress=False,
+        )
+        for target in ("onnx", "openvino")
+    }
+
+
+def test_float_only_nodes_keep_routing_and_constants_in_float() -> None:
+    """Gate (reads s), TopK and the LoRA conv whose weight comes from s stay float; the base
+    conv of the image is quantizable; a node fed by constants only stays float."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8, 8])
+    s = helper.make_tensor_value_info("s", TensorProto.FLOAT, [1, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8])
+    init = [
+        helper.make_tensor("w", TensorProto.FLOAT, [4, 4, 1, 1], np.ones(16).tolist()),
+        helper.make_tensor("g", TensorProto.FLOAT, [4, 16], np.ones(64).tolist()),
+        helper.make_tensor("c", TensorProto.FLOAT, [1], [1.0]),
+        helper.make_tensor("shape", TensorProto.INT64, [4], [4, 4, 1, 1]),
+    ]
+    nodes = [
+        helper.make_node("MatMul", ["s", "g"], ["logits"], name="/gate/MatMul"),
+        helper.make_node("Reshape", ["logits", "shape"], ["lora_w"], name="/lora/Reshape"),
+        helper.make_node("Conv", ["x", "w"], ["base"], name="/block/base/Conv"),
+        helper.make_node("Conv", ["base", "lora_w"], ["delta"], name="/block/lora/Conv"),
+        helper.make_node("Add", ["c", "c"], ["two"], name="/time/Add"),
+        helper.make_node("Add", ["base", "delta"], ["y0"], name="/block/Add"),
+        helper.make_node("Mul", ["y0", "two"], ["y"], name="/block/Mul"),
+    ]
+    graph = helper.make_graph(nodes, "g", [x, s], [y], init)
+    assert float_only_nodes(graph) == {"/gate/MatMul", "/lora/Reshape", "/block/lora/Conv", "/time/Add"}
+    assert (
+        layer_group("/unet/down_blocks.1/attentions.0/transformer/MatMul")
+        == "unet/down_blocks.1/attentions.0"
+    )
+    groups = {"unet/conv_in/base": ["a"], "unet/mid_block/resnets.0": ["b"], "decoder/conv_out": ["c"]}
+    assert keep_float_groups("default", groups) == ["decoder/conv_out", "unet/conv_in/base"]
+    rows = [{"group": "unet/mid_block/resnets.0", "psnr_db": 12.0}]
+    assert "unet/mid_block/resnets.0" in keep_float_groups("auto", groups, rows)
+    assert keep_float_groups("none", groups) == []
+
+
+@pytest.mark.parametrize("target", ["onnx", "openvino"])
+def test_int8_passes_its_gates(tiny_model: MoRSR, int8_artifacts: dict[str, Path], target: str) -> None:
+    folder = int8_artifacts[target]
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["precision"] == "int8"
+    assert manifest["stages"]["router"]["precision"] == "fp32"  # routing stays in float
+    assert manifest["calibration"]["samples"] == 16
+    report = run_parity(load_runtime(folder), tiny_model, samples=3)
+    assert report["passed"], report["failures"]
+    assert report["routing_agreement"] == 1.0
+    assert report["router"]["max_abs"] < 1e-4
+    assert abs(report["hr_psnr_delta_db"]) <= 0.3
+    # quantized for real: not bit-exact, but close
+    assert 25 <= report["unet"]["psnr_db"] < 80
+
+
+def test_onnx_int8_graph_is_qdq_with_float_first_and_last_convs(int8_artifacts: dict[str, Path]) -> None:
+    graph = onnx.load(str(int8_artifacts["onnx"] / "unet.v0.onnx")).graph
+    ops = [n.op_type for n in graph.node]
+    assert ops.count("QuantizeLinear") > 20 and ops.count("DequantizeLinear") > 20
+    int8_weights = [t for t in graph.initializer if t.data_type == TensorProto.INT8 and len(t.dims) == 4]
+    assert int8_weights, "conv weights are stored as int8"
+    consumers = {n.name: n for n in graph.node}
+    conv_in = next(n for name, n in consumers.items() if "/conv_in/" in name and n.op_type == "Conv")
+    producers = {o: n for n in graph.node for o in n.output}
+    weight = conv_in.input[1]
+    assert weight not in producers or producers[weight].op_type != "DequantizeLinear"
+
+
+def test_dynamic_int8_keeps_the_gate_in_float(
+    tiny_model: MoRSR, calibration: CalibrationSet, tmp_path: Path
+) -> None:
+    folder = export(
+        tiny_model,
+        tmp_path / "dyn",
+        routing="dynamic",
+        precision="int8",
+        calibration=calibration,
+        progress=False,
+    )
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["routing"]["dynamic_form"] == "gather"
+    graph = onnx.load(str(folder / "unet.onnx")).graph
+    producers = {o: n for n in graph.node for o in n.output}
+    for node in graph.node:
+        if node.name.startswith("/gate") and node.op_type in ("Gemm", "MatMul"):
+            assert all(
+                producers.get(i) is None or producers[i].op_type != "DequantizeLinear" for i in node.input
+            )
+    report = run_parity(load_runtime(folder), tiny_model, samples=2)
+    assert report["passed"], report["failures"]
+    assert report["routing_agreement"] == 1.0
+
+
+def test_constant_image_calibration_is_caught(
+    tiny_model: MoRSR, calibration: CalibrationSet, tmp_path: Path
+) -> None:
+    """Ranges from one flat grey image clip real activations: the gates must fail."""
+    lr = torch.full_like(calibration.lr, 0.5)
+    with torch.no_grad():
+        _, z, x0, _ = tiny_model.run_stages(lr, ONE_BUCKET.centres.expand(len(lr), -1), ONE_BUCKET)
+    flat = CalibrationSet(
+        recipe=calibration.recipe,
+        lr=lr,
+        s=calibration.s,
+        bucket=calibration.bucket,
+        natural_bucket=calibration.natural_bucket,
+        captured={"static": {"latent": z, "x0": x0}},
+    )
+    folder = export(
+        tiny_model, tmp_path / "flat", precision="int8", buckets=ONE_BUCKET, calibration=flat, progress=False
+    )
+    report = run_parity(load_runtime(folder), tiny_model, samples=3)
+    assert not report["passed"]
+    assert any("PSNR" in f for f in report["failures"])
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "w8"])
+def test_openvino_float_and_weight_only(tiny_model: MoRSR, tmp_path: Path, precision: str) -> None:
+    folder = export(
+        tiny_model,
+        tmp_path / precision,
+        target="openvino",
+        precision=precision,
+        buckets=ONE_BUCKET,
+        progress=False,
+    )
+    assert (folder / "unet.v0.xml").is_file() and (folder / "unet.v0.bin").is_file()
+    runtime = load_runtime(folder, threads=2)
+    assert runtime.describe()["runtime"] == "openvino"
+    report = run_parity(runtime, tiny_model, samples=2)
+    assert report["passed"], report["failures"]
+    if precision == "fp32":
+        assert report["end_to_end"]["psnr_db"] >= 60
+    bench = run_bench(runtime, warmup=1, runs=2, progress=False)
+    assert bench["end_to_end"]["median_ms"] > 0 and bench["runtime"] == "openvino"
+
+
+def test_bad_requests_are_refused(tiny_model: MoRSR, calibration: CalibrationSet, tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="precision must be one of"):
+        export(tiny_model, tmp_path / "a", target="onnx", precision="w8", progress=False)
+    with pytest.raises(UserError, match="other static buckets"):
+        export(tiny_model, tmp_path / "b", precision="int8", calibration=calibration, progress=False)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    assert not list(tmp_path.glob(".*"))  # no temporary folders left behind
+
+
+def test_cli_int8_export_with_sensitivity(tmp_path: Path) -> None:
+    cal = tmp_path / "cal"
+    runner = CliRunner()
+    assert (
+        runner.invoke(
+            main,
+            ["calibrate", "--samples", "8", "--bucket-levels", "1", "--routing", "static", "--out", str(cal)],
+        ).exit_code
+        == 0
+    )
+    out = tmp_path / "art"
+    result = runner.invoke(
+        main,
+        [
+            "export",
+            "--precision",
+            "int8",
+            "--bucket-levels",
+            "1",
+            "--calib",
+            str(cal),
+            "--keep-float",
+            "auto",
+            "--out",
+            str(out),
+            "--samples",
+            "2",
+            "--skip-bench",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "kept in float" in result.output and "dB" in result.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    rows = manifest["stages"]["decoder"]["quantization"]["sensitivity"]
+    assert rows == sorted(rows, key=lambda r: r["psnr_db"]) and len(rows) >= 5
+    assert "PASSED" in result.output
