@@ -24,24 +24,38 @@ from typing import Any
 
 import torch
 
-TINY = [("onnx", "fp32"), ("onnx", "int8"), ("openvino", "fp32"), ("openvino", "fp16"), ("openvino", "w8"), ("openvino", "int8")]
+TINY = [
+    ("onnx", "fp32"),
+    ("onnx", "int8"),
+    ("openvino", "fp32"),
+    ("openvino", "fp16"),
+    ("openvino", "w8"),
+    ("openvino", "int8"),
+]
 
 
 def tiny(root: Path, runs: int) -> dict[str, Any]:
-    from mor_edge.builtin import load_model
     from mor_edge.calib.sampling import build_calibration_set
     from mor_edge.export.exporter import export
     from mor_edge.runtimes.base import load_runtime
     from mor_edge.runtimes.latency import run_bench
     from mor_edge.runtimes.parity import run_parity
 
+    from mor_edge.builtin import load_model
+
     model = load_model(None)
     calibration = build_calibration_set(model, 64, routings=("static",), progress=False)
     results = {}
     for target, precision in TINY:
         t0 = time.perf_counter()
-        folder = export(model, root / f"{target}-{precision}", target=target, precision=precision,
-                        calibration=calibration if precision == "int8" else None, progress=False)
+        folder = export(
+            model,
+            root / f"{target}-{precision}",
+            target=target,
+            precision=precision,
+            calibration=calibration if precision == "int8" else None,
+            progress=False,
+        )
         export_s = time.perf_counter() - t0
         runtime = load_runtime(folder)
         parity = run_parity(runtime, model)
@@ -68,15 +82,15 @@ def tiny(root: Path, runs: int) -> dict[str, Any]:
 
 def sd21_unet(root: Path, runs: int, calibration_samples: int) -> dict[str, Any]:
     import openvino as ov
+    from mor_edge.export.onnx_export import OnnxTarget
+    from mor_edge.export.openvino_export import OpenVinoTarget
+    from mor_edge.export.stages import StageModule, stage_specs
+    from mor_edge.runtimes.latency import time_call
 
     from mor_edge.builtin import random_model
     from mor_edge.config import sd21_config
     from mor_edge.data import degraded_pairs
-    from mor_edge.export.onnx_export import OnnxTarget
-    from mor_edge.export.openvino_export import OpenVinoTarget
-    from mor_edge.export.stages import StageModule, stage_specs
     from mor_edge.routing import apply_routing, clear_routing
-    from mor_edge.runtimes.latency import time_call
 
     model = random_model(sd21_config(label="random sd21"), seed=0).eval()
     spec = stage_specs(model, "base")["unet"]
@@ -107,8 +121,17 @@ def sd21_unet(root: Path, runs: int, calibration_samples: int) -> dict[str, Any]
     target.quantize_stage(source, int8, samples, float_nodes=set())
     quantize_s = time.perf_counter() - t0
     core = ov.Core()
-    config = {"INFERENCE_NUM_THREADS": 2, "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
-    out: dict[str, Any] = {"onnx_export_s": onnx_s, "nncf_quantize_s": quantize_s, "calibration_samples": calibration_samples}
+    config = {
+        "INFERENCE_NUM_THREADS": 2,
+        "NUM_STREAMS": 1,
+        "PERFORMANCE_HINT": "LATENCY",
+        "INFERENCE_PRECISION_HINT": "f32",
+    }
+    out: dict[str, Any] = {
+        "onnx_export_s": onnx_s,
+        "nncf_quantize_s": quantize_s,
+        "calibration_samples": calibration_samples,
+    }
     for name, path in (("fp32", fp32), ("int8", int8)):
         compiled = core.compile_model(str(path), "CPU", config)
         out[name] = time_call(lambda c=compiled: c(samples[0]), warmup=1, runs=runs)
@@ -118,7 +141,9 @@ def sd21_unet(root: Path, runs: int, calibration_samples: int) -> dict[str, Any]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--presets", nargs="+", default=["tiny", "sd21"], choices=["tiny", "sd21"])
     parser.add_argument("--runs", type=int, default=15)
     parser.add_argument("--sd21-runs", type=int, default=3)

@@ -22,10 +22,11 @@ Neural Engine is not expected to run flagged, package sizes.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import platform
 import re
-import shutil
 import warnings
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,7 @@ from torch import nn
 
 from mor_edge.errors import UserError
 
+from .manifest import size_bytes
 from .stages import StageSpec
 
 PRECISIONS = ("fp16", "fp32", "w8", "palette6", "w8a8")
@@ -80,7 +82,9 @@ class CoreMLTarget:
     suffix = ".mlpackage"
     precisions: tuple[str, ...] = PRECISIONS
     static_weights = "sliced"  # the exporter keeps the LoRA branch unmerged per bucket
+    default_precision = "fp16"
     float_precision = "fp16"  # what a quantized export runs the router in
+    bicubic_as_matmul = True  # Core ML has no bicubic resize op
 
     def __init__(self, deployment_target: str = "iOS17") -> None:
         import coremltools as ct
@@ -112,7 +116,8 @@ class CoreMLTarget:
         _quiet()
         if precision == "w8a8":
             require_macos("W8A8 activation calibration (coremltools runs the model on sample data)")
-        with torch.no_grad(), warnings.catch_warnings():
+        # coremltools draws a progress bar per conversion pass; they would bury the export's own
+        with torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
             warnings.simplefilter("ignore")
             traced = torch.jit.trace(module.eval(), spec.dummy_inputs(), check_trace=False)
             model = ct.convert(
@@ -129,7 +134,7 @@ class CoreMLTarget:
         self.reports[path.name] = {
             "weights": compare_weights(module, path, WEIGHT_TOLERANCE[precision]),
             "ops": op_inventory(path),
-            "size_bytes": package_size(path),
+            "size_bytes": size_bytes(path),
         }
         bad = self.reports[path.name]["weights"]["mismatched"]
         if bad:
@@ -145,7 +150,8 @@ class CoreMLTarget:
         for path, function in zip(paths, functions, strict=True):
             desc.add_function(str(path), src_function_name="main", target_function_name=function)
         desc.default_function_name = functions[0]
-        ct.utils.save_multifunction(desc, str(out))
+        with contextlib.redirect_stderr(io.StringIO()):
+            ct.utils.save_multifunction(desc, str(out))
 
 
 def compress(model: Any, precision: str) -> Any:
@@ -165,7 +171,7 @@ def compress(model: Any, precision: str) -> Any:
 
 def _program(path: Path) -> Any:
     import coremltools as ct
-    from coremltools.converters.mil.frontend.milproto import load as milproto_load
+    from coremltools.converters.mil.frontend.milproto.load import load as milproto_load
     from coremltools.models.utils import _convert_model_spec_to_pymil_prog
 
     model = ct.models.MLModel(str(path), skip_model_load=True)
@@ -231,10 +237,6 @@ def op_inventory(path: Path) -> dict[str, Any]:
     return {"counts": dict(sorted(counts.items())), "not_on_neural_engine": flagged}
 
 
-def package_size(path: Path) -> int:
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-
-
 def check_io(path: Path, spec: StageSpec) -> None:
     """The package's inputs and outputs: the spec's names, shapes and float32."""
     import coremltools as ct
@@ -250,7 +252,3 @@ def check_io(path: Path, spec: StageSpec) -> None:
         want = [(t.name, t.shape, fp32) for t in tensors]
         if got != want:
             raise RuntimeError(f"{path.name}: package {kind}s {got} do not match the stage spec {want}")
-
-
-def remove(path: Path) -> None:
-    shutil.rmtree(path)

@@ -9,14 +9,13 @@ layer groups are planned (`int8.py`), and the target's quantizer writes the stag
 
 from __future__ import annotations
 
-import contextlib
 import platform
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import numpy as np
 import onnx
@@ -29,7 +28,8 @@ import mor_edge
 from mor_edge.atomic import atomic_folder, check_destination
 from mor_edge.errors import UserError
 from mor_edge.model import MoRSR, model_fingerprint
-from mor_edge.routing import Buckets, apply_routing, clear_routing
+from mor_edge.resize import bicubic_as_matmul
+from mor_edge.routing import Buckets, clear_routing
 
 from .int8 import (
     DEFAULT_KEEP_FLOAT,
@@ -39,9 +39,9 @@ from .int8 import (
     plan_float_nodes,
     quantizable_groups,
 )
-from .manifest import SCHEMA_VERSION, write_manifest
+from .manifest import SCHEMA_VERSION, size_bytes, write_manifest
 from .onnx_export import OnnxTarget
-from .routing_plan import default_buckets, folded, stage_layers, static_plan
+from .routing_plan import default_buckets, folded, sliced, stage_layers, static_plan
 from .stages import ROUTED_STAGES, ROUTING_MODES, STAGES, StageModule, StageSpec, stage_specs
 
 TARGETS = ("onnx", "openvino", "coreml")
@@ -59,6 +59,10 @@ class Target(Protocol):
     def export_stage(
         self, module: nn.Module, spec: StageSpec, path: Path, precision: str = "fp32"
     ) -> list[Path]: ...
+
+
+class QuantizingTarget(Target, Protocol):
+    """A target with the shared INT8 path (ONNX Runtime, OpenVINO)."""
 
     def quantize_stage(
         self, source: Path, path: Path, samples: list[Sample], float_nodes: set[str]
@@ -118,17 +122,6 @@ def stage_precision(stage: str, precision: str, float_precision: str = "fp32") -
     return float_precision if stage == "router" and precision not in ("fp32", "fp16") else precision
 
 
-@contextlib.contextmanager
-def sliced(layers: dict[str, Any], centre: torch.Tensor) -> Iterator[None]:
-    """A bucket's fixed selection applied in gather form: base weights untouched, the LoRA
-    branch reduced to the shared and selected ranks (constants once traced)."""
-    apply_routing(layers, centre[None], form="gather")
-    try:
-        yield
-    finally:
-        clear_routing(layers)
-
-
 def _grid_calibration(model: MoRSR, buckets: Buckets | None, routing: str, progress: bool) -> CalibrationSet:
     """A default calibration set for an export given none (its buckets must be a grid)."""
     from mor_edge.calib.sampling import build_calibration_set
@@ -150,7 +143,7 @@ class _Quantization:
 
     def __init__(
         self,
-        target: Target,
+        target: QuantizingTarget,
         precision: str,
         routing: str,
         calibration: CalibrationSet | None,
@@ -196,7 +189,7 @@ def export(
     out: str | Path,
     target: str = "onnx",
     routing: str = "static",
-    precision: str = "fp32",
+    precision: str | None = None,
     buckets: Buckets | None = None,
     force: bool = False,
     model_source: str = "builtin",
@@ -216,6 +209,7 @@ def export(
     if keep_float not in KEEP_FLOAT_POLICIES:
         raise UserError(f"keep-float must be one of {', '.join(KEEP_FLOAT_POLICIES)}")
     tgt = make_target(target, **(target_options or {}))
+    precision = precision or getattr(tgt, "default_precision", "fp32")
     if precision not in tgt.precisions:
         raise UserError(f"precision must be one of {', '.join(tgt.precisions)} for the {target} target")
     out = Path(out)
@@ -232,6 +226,7 @@ def export(
     jobs = _job_list(model, routing, buckets)
     static_weights = getattr(tgt, "static_weights", "folded")
     float_precision = getattr(tgt, "float_precision", "fp32")
+    resize = bicubic_as_matmul if getattr(tgt, "bicubic_as_matmul", False) else nullcontext
     if hasattr(tgt, "combine_variants") and any(job["variant"] > 0 for job in jobs):
         tgt.deployment_target = "iOS18"  # type: ignore[attr-defined]  # multifunction needs iOS 18
     onnx_target = OnnxTarget(**{k: v for k, v in (target_options or {}).items() if k == "exporter"})
@@ -241,7 +236,13 @@ def export(
         tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.scratch-") as scratch,
     ):
         quantization = _Quantization(
-            tgt, precision, routing, calibration, keep_float, Path(scratch), onnx_target
+            cast(QuantizingTarget, tgt),
+            precision,
+            routing,
+            calibration,
+            keep_float,
+            Path(scratch),
+            onnx_target,
         )
         stages: dict[str, dict[str, Any]] = {
             name: {
@@ -266,7 +267,7 @@ def export(
                 fixed = sliced(stage_layers(model, stage), buckets.centres[job["buckets"][0]])
             elif job["weights"]:
                 fixed = folded(stage_layers(model, stage), job["weights"])
-            with fixed:
+            with fixed, resize():
                 module: nn.Module = StageModule(model, stage, routing, form)
                 this_precision = stage_precision(stage, precision, float_precision)
                 if this_precision in QUANTIZED and hasattr(tgt, "quantize_stage"):
@@ -275,8 +276,9 @@ def export(
                     tgt.export_stage(module, spec, tmp / name, this_precision)
             entry = stages[stage]
             entry["variants"].append({"file": name, "buckets": job["buckets"]})
-            if name in getattr(tgt, "reports", {}):
-                entry["variants"][-1]["validation"] = tgt.reports[name]
+            reports = getattr(tgt, "reports", {})
+            if name in reports:
+                entry["variants"][-1]["validation"] = reports[name]
             if "bucket_variant" in job:
                 entry["bucket_variant"] = job["bucket_variant"]
         if hasattr(tgt, "combine_variants"):
@@ -309,6 +311,7 @@ def export(
             "calibration": _calibration_summary(calibration) if precision == "int8" else None,
             "scale": model.config.scale,
             "stages": stages,
+            "sizes_bytes": {p.name: size_bytes(p) for p in sorted(tmp.iterdir())},
         }
         write_manifest(tmp, manifest)
     return out

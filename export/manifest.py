@@ -30,6 +30,15 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def size_bytes(path: Path) -> int:
+    """Bytes of a file, or of everything under a folder (a Core ML package)."""
+    return (
+        path.stat().st_size
+        if path.is_file()
+        else sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    )
+
+
 def write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
     """Hash every file in `folder` into the manifest and write it."""
     files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST_NAME)
@@ -63,7 +72,8 @@ class Artifact:
         files = self.manifest.get("files", {})
         for stage, entry in self.manifest.get("stages", {}).items():
             for variant in entry.get("variants", []):
-                if variant["file"] not in files:
+                name = variant["file"]
+                if name not in files and not any(f.startswith(name + "/") for f in files):
                     raise ArtifactError(f"{self.folder}: stage {stage} file {variant['file']} is not listed")
         for name in ("router", "encoder", "unet", "decoder"):
             if name not in self.manifest.get("stages", {}):

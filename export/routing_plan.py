@@ -81,3 +81,27 @@ def folded(layers: Mapping[str, MoRLayer], rank_weights: Mapping[str, torch.Tens
     finally:
         for layer in merged:
             layer.unmerge()
+
+
+@contextlib.contextmanager
+def sliced(layers: Mapping[str, MoRLayer], centre: torch.Tensor) -> Iterator[None]:
+    """A bucket's fixed selection for targets that share base weights across buckets: the S
+    shared ranks folded into every base weight (identical for all buckets), the selected real
+    experts kept as a small LoRA branch (zero slots dropped), constants once traced."""
+    with torch.no_grad():
+        routings = apply_routing(layers, centre[None], form="gather")
+    clear_routing(layers)
+    merged = []
+    try:
+        for name, layer in layers.items():
+            layer.merge_shared()
+            merged.append(layer)
+            r = routings[name]
+            real = r.indices[0] < layer.routed
+            if bool(real.any()):
+                layer.set_selection(r.indices[:, real], r.weights[:, real].detach())
+        yield
+    finally:
+        clear_routing(layers)
+        for layer in merged:
+            layer.unmerge()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import platform
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -243,7 +244,13 @@ def _bench(artifact_dir: str, warmup: int, runs: int, threads: int | None, progr
 
 
 @main.command("export")
-@click.option("--target", type=click.Choice(["onnx", "openvino"]), default="onnx", show_default=True)
+@click.option(
+    "--target",
+    type=click.Choice(["onnx", "openvino", "coreml"]),
+    default="onnx",
+    show_default=True,
+    help="coreml converts and validates on any OS; parity and bench need macOS.",
+)
 @click.option(
     "--routing",
     type=click.Choice(["static", "dynamic", "base"]),
@@ -254,11 +261,12 @@ def _bench(artifact_dir: str, warmup: int, runs: int, threads: int | None, progr
 )
 @click.option(
     "--precision",
-    type=click.Choice(["fp32", "fp16", "int8", "w8"]),
-    default="fp32",
-    show_default=True,
-    help="int8: weights and activations (calibrated; the router stays in float); "
-    "w8: INT8 weights only (openvino).",
+    type=click.Choice(["fp32", "fp16", "int8", "w8", "palette6", "w8a8"]),
+    default=None,
+    help="Default: fp16 for coreml, fp32 otherwise. int8 (onnx, openvino): weights and "
+    "activations, calibrated, the router stays in float; w8: 8-bit weights only (openvino, "
+    "coreml); palette6: 6-bit palettized weights (coreml); w8a8: coreml activation "
+    "quantization (macOS only).",
 )
 @click.option(
     "--bucket-levels",
@@ -310,7 +318,7 @@ def _bench(artifact_dir: str, warmup: int, runs: int, threads: int | None, progr
 def export_command(
     target: str,
     routing: str,
-    precision: str,
+    precision: str | None,
     bucket_levels: int,
     dynamic_form: str | None,
     calib_dir: str | None,
@@ -332,9 +340,10 @@ def export_command(
     from mor_edge.export.routing_plan import default_buckets
 
     model = _load(model_dir)
+    precision = precision or ("fp16" if target == "coreml" else "fp32")  # export()'s defaults
     out = out or f"artifacts/{model.config.name}-{target}-{routing}-{precision}"
     Path(out).parent.mkdir(parents=True, exist_ok=True)
-    options: dict[str, Any] = {"exporter": exporter}
+    options: dict[str, Any] = {} if target == "coreml" else {"exporter": exporter}  # coreml traces itself
     if calibration_method != "percentile":
         if target != "onnx":
             raise UserError("--calibration-method applies to the onnx target (NNCF picks its own ranges)")
@@ -355,6 +364,13 @@ def export_command(
     )
     click.echo(f"wrote {path}")
     _print_quantization(str(path))
+    _print_validation(str(path))
+    if target == "coreml" and platform.system() != "Darwin":
+        click.echo(
+            "\nparity and bench skipped: Core ML prediction exists only on macOS "
+            f"(this is {platform.system()}); the package was validated without running it (above)"
+        )
+        return
     failed = False
     if not skip_parity:
         report = _parity(str(path), model, samples, 0, threads)
@@ -364,6 +380,35 @@ def export_command(
         _print_bench(_bench(str(path), 3, 10, threads, progress=True))
     if failed:
         raise click.ClickException("parity gates failed (see above); the artifact is kept for inspection")
+
+
+def _print_validation(artifact_dir: str) -> None:
+    """Checks made without running the model (Core ML): weights, ops, sizes."""
+    from mor_edge.export.manifest import Artifact
+
+    manifest = Artifact(artifact_dir, verify=False).manifest
+    rows = [
+        (stage, v.get("function") or "-", v["validation"])
+        for stage, entry in manifest["stages"].items()
+        for v in entry["variants"]
+        if "validation" in v
+    ]
+    if not rows:
+        return
+    click.echo(f"\nvalidation ({manifest['precision']}, no runtime needed)")
+    click.echo(
+        f"  {'stage':<9}{'function':<10}{'weights':>8}{'max rel err':>13}{'size MB':>9}  not on Neural Engine"
+    )
+    for stage, function, v in rows:
+        w = v["weights"]
+        flagged = ", ".join(v["ops"]["not_on_neural_engine"]) or "-"
+        click.echo(
+            f"  {stage:<9}{function:<10}{w['compared']:>8}{w['max_relative_error']:>13.2e}"
+            f"{v['size_bytes'] / 1e6:>9.2f}  {flagged}"
+        )
+    sizes = manifest.get("sizes_bytes", {})
+    for name, size in sizes.items():
+        click.echo(f"  {name}: {size / 1e6:.2f} MB on disk")
 
 
 def _print_quantization(artifact_dir: str) -> None:

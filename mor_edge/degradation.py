@@ -16,6 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
+from .resize import bicubic
+
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
@@ -49,7 +51,7 @@ class DegradationEstimator(nn.Module):
 
     def preprocess(self, lr: torch.Tensor) -> torch.Tensor:
         """[0, 1] images of any size -> CLIP-normalised square input."""
-        x = F.interpolate(lr, size=(self.image_size, self.image_size), mode="bicubic", align_corners=False)
+        x = bicubic(lr, (self.image_size, self.image_size))
         return (x.clamp(0, 1) - self.pixel_mean) / self.pixel_std
 
     def image_embeds(self, lr: torch.Tensor) -> torch.Tensor:

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -26,6 +25,7 @@ from .config import MoRSRConfig
 from .degradation import DegradationEstimator
 from .injection import InjectionSummary, inject_mor
 from .mor_layers import MoRLayer
+from .resize import bicubic
 from .routing import Buckets, Routing, apply_routing, clear_routing, mor_layers
 
 CONFIG_NAME = "config.json"
@@ -115,7 +115,8 @@ class MoRSR(nn.Module):
     # -- stages -----------------------------------------------------------------------
     def upsample(self, lr: torch.Tensor) -> torch.Tensor:
         """[0, 1] LR -> bicubic x`scale` in [-1, 1] (the encoder's input)."""
-        up = F.interpolate(lr, scale_factor=self.config.scale, mode="bicubic", align_corners=False)
+        scale = self.config.scale
+        up = bicubic(lr, (lr.shape[-2] * scale, lr.shape[-1] * scale))
         return up.clamp(0, 1) * 2 - 1
 
     def route(self, lr: torch.Tensor) -> torch.Tensor:

@@ -47,6 +47,7 @@ class MoRLayer(nn.Module):
         self._selection: tuple[torch.Tensor, torch.Tensor] | None = None
         self._fold_selection = False
         self._merged: torch.Tensor | None = None
+        self._shared_merged = False
 
     def reset_adapter(self) -> None:
         """LoRA init (A random, B zero: the adapter starts as a no-op) and a spread-out gate
@@ -119,6 +120,14 @@ class MoRLayer(nn.Module):
         self.base.weight.add_(self.delta_weight(rank_weights))
         self._merged = original
 
+    def merge_shared(self) -> None:
+        """Fold only the S shared ranks into the base weight: the same for every routing, so
+        per-bucket graphs that add their selected ranks on top share identical base weights."""
+        shared = torch.zeros(self.rank)
+        shared[: self.shared] = 1
+        self.merge(shared)
+        self._shared_merged = True
+
     @torch.no_grad()
     def unmerge(self) -> None:
         """Restore the exact base weight (kept aside, not recomputed, so nothing drifts)."""
@@ -126,6 +135,7 @@ class MoRLayer(nn.Module):
             raise RuntimeError("layer is not merged")
         self.base.weight.copy_(self._merged)
         self._merged = None
+        self._shared_merged = False
 
     # -- forward ----------------------------------------------------------------------
     def adapter_output(self, x: torch.Tensor, rank_weights: torch.Tensor) -> torch.Tensor:
@@ -138,14 +148,23 @@ class MoRLayer(nn.Module):
         self, indices: torch.Tensor, weights: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-image A (N, S+k, ...) and weighted B (N, out, S+k) of the shared and selected
-        ranks. Zero slots index zero rows/columns appended after the E routed ones."""
+        ranks (without the shared ones when `merge_shared` folded them into the base weight).
+        Zero slots index zero rows/columns appended after the E routed ones."""
         n, s = indices.shape[0], self.shared
         a, b = self.lora_A, self.lora_B.reshape(self.lora_B.shape[0], self.rank)
-        a_slots = torch.cat([a[s:], a.new_zeros((self.zero_slots, *a.shape[1:]))])
-        b_slots = torch.cat([b[:, s:], b.new_zeros((b.shape[0], self.zero_slots))], dim=1)
+        # torch.zeros/ones rather than Tensor.new_*: every converter (coremltools) knows them
+        a_slots = torch.cat(
+            [a[s:], torch.zeros((self.zero_slots, *a.shape[1:]), dtype=a.dtype, device=a.device)]
+        )
+        b_slots = torch.cat(
+            [b[:, s:], torch.zeros((b.shape[0], self.zero_slots), dtype=b.dtype, device=b.device)], dim=1
+        )
         a_sel = torch.cat([a[:s].expand(n, *a[:s].shape), a_slots[indices]], dim=1)
         b_sel = torch.cat([b[:, :s].expand(n, *b[:, :s].shape), b_slots[:, indices].transpose(0, 1)], dim=2)
-        w = torch.cat([weights.new_ones(n, s), weights], dim=1).to(b_sel.dtype)
+        w = torch.cat([torch.ones((n, s), dtype=weights.dtype, device=weights.device), weights], dim=1)
+        w = w.to(b_sel.dtype)
+        if self._shared_merged:
+            return a_sel[:, s:], b_sel[:, :, s:] * w[:, None, s:]
         return a_sel, b_sel * w[:, None, :]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -154,12 +173,12 @@ class MoRLayer(nn.Module):
             delta = torch.bmm(b, a.reshape(*a.shape[:2], -1)).reshape(a.shape[0], *self.base.weight.shape)
             return self._folded_output(x, self.base.weight + self.scaling * delta)
         y = self.base(x)
-        if self._merged is not None:
+        if self._merged is not None and not self._shared_merged:
             return y
         if self._selection is not None:
             a, b = self.gathered_factors(*self._selection)
             return y + self.scaling * self._gathered_output(x, a, b)
-        if self._rank_weights is None:
+        if self._rank_weights is None or self._merged is not None:
             return y
         return y + self.adapter_output(x, self._rank_weights)
 

@@ -33,7 +33,7 @@ class Runtime(abc.ABC):
     def __init__(self, artifact: Artifact, threads: int | None = None) -> None:
         self.artifact = artifact
         self.threads = threads or os.cpu_count() or 1
-        self._sessions: dict[Path, Any] = {}
+        self._sessions: dict[Any, Any] = {}
 
     @abc.abstractmethod
     def _load(self, path: Path) -> Any: ...
@@ -113,6 +113,10 @@ def load_runtime(folder: str | Path, threads: int | None = None) -> Runtime:
                 "(pip install 'mor-edge[onnx]')"
             ) from None
         return OrtRuntime(artifact, threads)
+    if artifact.target == "coreml":
+        from .coreml_runtime import CoreMLRuntime
+
+        return CoreMLRuntime(artifact, threads)
     if artifact.target == "openvino":
         try:
             from .openvino_runtime import OpenVinoRuntime

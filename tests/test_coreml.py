@@ -1,0 +1,121 @@
+"""Core ML conversion of the tiny preset: multifunction buckets, dynamic routing, weight
+compression, validation without a Core ML runtime, and the macOS-only prediction path."""
+
+from __future__ import annotations
+
+import json
+import platform
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+from mor_edge.export.coreml_export import CoreMLUnavailable, compare_weights, package_weights
+from mor_edge.export.exporter import export
+from mor_edge.export.stages import StageModule
+from mor_edge.runtimes.base import load_runtime
+from mor_edge.runtimes.parity import run_parity
+
+from mor_edge.cli import main
+from mor_edge.model import MoRSR
+from mor_edge.routing import Buckets
+
+ON_MACOS = platform.system() == "Darwin"
+TWO_BUCKETS = Buckets(Buckets.grid(2, 4).centres[[0, 15]])
+
+
+def weight_bytes(package: Path) -> int:
+    return sum(p.stat().st_size for p in (package / "Data" / "com.apple.CoreML" / "weights").iterdir())
+
+
+@pytest.fixture(scope="module")
+def static_fp16(tiny_model: MoRSR, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("coreml") / "static"
+    return export(tiny_model, out, target="coreml", precision="fp16", buckets=TWO_BUCKETS, progress=False)
+
+
+def test_static_buckets_are_functions_of_one_package(static_fp16: Path) -> None:
+    manifest = json.loads((static_fp16 / "manifest.json").read_text())
+    assert manifest["created_by"]["deployment_target"] == "iOS18"  # multifunction
+    unet = manifest["stages"]["unet"]
+    assert [v["function"] for v in unet["variants"]] == ["v0", "v1"]
+    assert {v["file"] for v in unet["variants"]} == {"unet.mlpackage"}
+    assert unet["bucket_variant"] == [0, 1]
+    functions = package_weights(static_fp16 / "unet.mlpackage")
+    assert set(functions) == {"v0", "v1"}
+    # the base weights are identical in both functions and stored once
+    single = unet["variants"][0]["validation"]["size_bytes"]
+    assert weight_bytes(static_fp16 / "unet.mlpackage") < 0.75 * 2 * single
+    for stage in ("router", "encoder", "unet", "decoder"):
+        for v in manifest["stages"][stage]["variants"]:
+            w = v["validation"]["weights"]
+            assert w["compared"] > 10 and w["mismatched"] == [] and w["max_relative_error"] < 1e-3
+
+
+def test_weight_comparison_catches_an_altered_weight(tiny_model: MoRSR, static_fp16: Path) -> None:
+    module = StageModule(tiny_model, "decoder", "static")
+    assert compare_weights(module, static_fp16 / "decoder.mlpackage", 1e-3)["mismatched"] == []
+    weight = tiny_model.vae.decoder.conv_in.weight
+    with torch.no_grad():
+        weight[0, 0, 0, 0] += 0.05
+    try:
+        report = compare_weights(module, static_fp16 / "decoder.mlpackage", 1e-3)
+    finally:
+        with torch.no_grad():
+            weight[0, 0, 0, 0] -= 0.05
+    assert any("decoder_conv_in_weight" in m for m in report["mismatched"])
+
+
+def test_dynamic_routing_is_one_function_with_routing_ops_flagged(tiny_model: MoRSR, tmp_path: Path) -> None:
+    folder = export(tiny_model, tmp_path / "dyn", target="coreml", routing="dynamic", progress=False)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["precision"] == "fp16" and manifest["created_by"]["deployment_target"] == "iOS17"
+    unet = manifest["stages"]["unet"]
+    assert [t["name"] for t in unet["inputs"]] == ["latent", "s"]
+    ops = unet["variants"][0]["validation"]["ops"]
+    assert {"topk"} <= set(ops["not_on_neural_engine"])
+    assert ops["counts"]["conv"] > 10
+
+
+def test_eight_bit_weights_shrink_the_package(tiny_model: MoRSR, static_fp16: Path, tmp_path: Path) -> None:
+    folder = export(
+        tiny_model, tmp_path / "w8", target="coreml", precision="w8", buckets=TWO_BUCKETS, progress=False
+    )
+    ratio = weight_bytes(folder / "unet.mlpackage") / weight_bytes(static_fp16 / "unet.mlpackage")
+    # tensors under coremltools' 2048-element threshold (biases, norms, LoRA slices) stay
+    # fp16: 0.56 on this tiny model; the sd21 figure is in the README
+    assert ratio <= 0.6
+    manifest = json.loads((folder / "manifest.json").read_text())
+    w = manifest["stages"]["unet"]["variants"][0]["validation"]["weights"]
+    assert w["mismatched"] == [] and 1e-4 < w["max_relative_error"] <= 1 / 127
+
+
+@pytest.mark.skipif(ON_MACOS, reason="checks the error raised where Core ML cannot run")
+def test_prediction_paths_raise_the_documented_error(
+    tiny_model: MoRSR, static_fp16: Path, tmp_path: Path
+) -> None:
+    with pytest.raises(CoreMLUnavailable, match="only on macOS"):
+        load_runtime(static_fp16)
+    with pytest.raises(CoreMLUnavailable, match="W8A8 activation calibration"):
+        export(tiny_model, tmp_path / "w8a8", target="coreml", precision="w8a8", progress=False)
+    assert not (tmp_path / "w8a8").exists()
+    result = CliRunner().invoke(main, ["parity", str(static_fp16)])
+    assert result.exit_code == 1 and "only on macOS" in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.skipif(not ON_MACOS, reason="Core ML prediction exists only on macOS")
+def test_parity_on_macos(tiny_model: MoRSR, static_fp16: Path) -> None:
+    report = run_parity(load_runtime(static_fp16), tiny_model, samples=2)
+    assert report["passed"], report["failures"]
+
+
+def test_cli_export_coreml_on_this_machine(tmp_path: Path) -> None:
+    out = tmp_path / "cli"
+    result = CliRunner().invoke(
+        main, ["export", "--target", "coreml", "--bucket-levels", "1", "--out", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    assert "validation (fp16" in result.output and "not on Neural Engine" in result.output
+    assert (out / "manifest.json").is_file() and (out / "unet.v0.mlpackage").is_dir()
+    if not ON_MACOS:
+        assert "parity and bench skipped" in result.output
