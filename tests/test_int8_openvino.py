@@ -51,6 +51,7 @@ def int8_artifacts(
             precision="int8",
             buckets=ONE_BUCKET,
             calibration=calibration,
+            target_options={"calibration_method": "percentile"} if target == "onnx" else None,
             progress=False,
         )
         for target in ("onnx", "openvino")
