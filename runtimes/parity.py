@@ -26,22 +26,23 @@ from .base import Runtime
 # z / sqrt(alpha_bar_999), 14.6x the latent, and reaches |x0| ~ 88 on the random built-in
 # model, where PyTorch fp32 itself is 1.7e-4 away from a float64 reference). INT8 gates are
 # against the FP32 reference and set between measured good and bad calibrations on the tiny
-# model: good (16 buckets, minmax ranges) worst stage 29.1 dB, end to end 20.2 dB, PSNR-Y
-# against HR -0.09 dB; one flat grey calibration image: encoder 18.3 dB, end to end 15.7 dB, -0.42 dB.
-# End to end is low for any 8-bit model here: the random UNet's x0 = z / sqrt(alpha_bar)
-# amplifies latent error 14.6x before the decoder.
+# model: good exports measured worst stage 27.7-31.7 dB, end to end 16.9-21.4 dB, PSNR-Y
+# against HR -0.03 to -0.10 dB; one flat grey calibration image: encoder 18.3 dB, end to end
+# 15.1-15.7 dB, PSNR-Y against HR -0.42 / -0.84 dB. The stage and HR gates separate them;
+# end to end is only a floor: the random UNet's x0 = z / sqrt(alpha_bar) amplifies latent
+# error 14.6x before the decoder, so any 8-bit model lands near 20 dB here.
 GATES: dict[str, dict[str, float]] = {
     "fp32": {"stage_max_abs": 1e-4, "end_to_end_psnr_db": 60.0, "routing_agreement": 0.99},
     "fp16": {"stage_psnr_db": 30.0, "end_to_end_psnr_db": 30.0, "routing_agreement": 0.95},
     "int8": {
         "stage_psnr_db": 25.0,
-        "end_to_end_psnr_db": 18.0,
+        "end_to_end_psnr_db": 15.0,
         "routing_agreement": 0.99,
         "hr_psnr_delta_db": -0.3,
     },
     "w8": {
         "stage_psnr_db": 25.0,
-        "end_to_end_psnr_db": 18.0,
+        "end_to_end_psnr_db": 15.0,
         "routing_agreement": 0.99,
         "hr_psnr_delta_db": -0.3,
     },
