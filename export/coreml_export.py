@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from mor_edge.calib.calibration_set import CalibrationSet
 from torch import nn
 
 from mor_edge.errors import UserError
@@ -99,6 +100,9 @@ class CoreMLTarget:
             raise UserError(f"unknown Core ML deployment target {deployment_target!r}")
         self.deployment_target = deployment_target
         self.reports: dict[str, dict[str, Any]] = {}
+        # set by the exporter for `w8a8`: the calibration set and the routing it captured
+        self.calibration: CalibrationSet | None = None
+        self.routing = "static"
 
     def describe(self) -> dict[str, object]:
         import coremltools as ct
@@ -134,7 +138,7 @@ class CoreMLTarget:
                 minimum_deployment_target=getattr(ct.target, deployment or self.deployment_target),
                 compute_precision=ct.precision.FLOAT32 if precision == "fp32" else ct.precision.FLOAT16,
             )
-            model = compress(model, precision)
+            model = compress(model, precision, self._samples(spec.name) if precision == "w8a8" else None)
         model.save(str(path))
         check_io(path, spec)
         self.reports[path.name] = {
@@ -146,6 +150,15 @@ class CoreMLTarget:
         if bad:
             raise RuntimeError(f"{path.name}: converted weights differ from PyTorch: {bad[:5]}")
         return [path]
+
+    def _samples(self, stage: str) -> list[dict[str, np.ndarray]]:
+        """A stage's calibration inputs (all buckets: activation ranges are shared by every
+        function of a stage), as coremltools' sample data."""
+        from mor_edge.calib.feeders import coreml_sample_data
+
+        if self.calibration is None:
+            return []
+        return coreml_sample_data(self.calibration.stage_inputs(stage, self.routing))
 
     def combine_variants(self, paths: list[Path], out: Path, functions: list[str]) -> None:
         """One multifunction package from single-function ones (identical weights stored once)."""
@@ -160,10 +173,18 @@ class CoreMLTarget:
             ct.utils.save_multifunction(desc, str(out))
 
 
-def compress(model: Any, precision: str) -> Any:
-    """Data-free weight compression for `w8`/`w8a8` (8-bit linear) and `palette6` (6-bit k-means)."""
+def compress(model: Any, precision: str, samples: list[dict[str, np.ndarray]] | None = None) -> Any:
+    """`w8` (8-bit linear weights) and `palette6` (6-bit k-means) are data-free; `w8a8`
+    first calibrates activation ranges by running the model on `samples` (macOS only), then
+    quantizes the weights like `w8`."""
     import coremltools.optimize.coreml as cto
 
+    if precision == "w8a8":
+        require_macos("W8A8 activation calibration (coremltools runs the model on sample data)")
+        if not samples:
+            raise UserError("W8A8 needs calibration samples for every stage it quantizes")
+        config = cto.OptimizationConfig(global_config=cto.experimental.OpActivationLinearQuantizerConfig())
+        model = cto.experimental.linear_quantize_activations(model, config, samples)
     if precision in ("w8", "w8a8"):
         config = cto.OptimizationConfig(
             global_config=cto.OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int8")

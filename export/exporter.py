@@ -218,10 +218,16 @@ def export(
     if routing == "static" and buckets is None:
         buckets = default_buckets(model)
     fingerprint = model_fingerprint(model)
-    if precision == "int8":
+    if precision == "w8a8" and target == "coreml":
+        from .coreml_export import require_macos
+
+        require_macos("W8A8 activation calibration (coremltools runs the model on sample data)")
+    if precision in ("int8", "w8a8"):
         if calibration is None:
             calibration = _grid_calibration(model, buckets, routing, progress)
         calibration.check_for(fingerprint, buckets.to_list() if buckets is not None else None, routing)
+        if hasattr(tgt, "calibration"):
+            tgt.calibration, tgt.routing = calibration, routing  # type: ignore[attr-defined]
     specs = stage_specs(model, routing)
     jobs = _job_list(model, routing, buckets)
     static_weights = getattr(tgt, "static_weights", "folded")
@@ -308,7 +314,7 @@ def export(
                 "rule": "nearest centre, squared Euclidean distance in float64, ties to the lower index",
                 "degradation_names": model.config.degradation_names,
             },
-            "calibration": _calibration_summary(calibration) if precision == "int8" else None,
+            "calibration": _calibration_summary(calibration) if precision in ("int8", "w8a8") else None,
             "scale": model.config.scale,
             "stages": stages,
             "sizes_bytes": {p.name: size_bytes(p) for p in sorted(tmp.iterdir())},
