@@ -119,3 +119,21 @@ def test_cli_export_coreml_on_this_machine(tmp_path: Path) -> None:
     assert (out / "manifest.json").is_file() and (out / "unet.v0.mlpackage").is_dir()
     if not ON_MACOS:
         assert "parity and bench skipped" in result.output
+
+
+def test_sliced_bucket_equals_the_bucketed_reference(tiny_model: MoRSR) -> None:
+    """Shared ranks merged into the base, selected experts as a sliced branch: the function a
+    static Core ML bucket computes is the reference routed on that bucket's centre."""
+    from mor_edge.export.routing_plan import sliced
+
+    buckets = Buckets.grid(2, 4)
+    lr = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    weight = tiny_model.unet.conv_in.base.weight.detach().clone()
+    with torch.no_grad():
+        _, z_ref, x0_ref, _ = tiny_model.run_stages(lr, buckets.centres[5:6], buckets)
+        with sliced(tiny_model.layers(), buckets.centres[5]):
+            z = tiny_model.encode(tiny_model.upsample(lr), None)
+            x0 = tiny_model.denoise(z_ref, None)
+    torch.testing.assert_close(z, z_ref, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(x0, x0_ref, rtol=1e-4, atol=1e-3)
+    assert torch.equal(tiny_model.unet.conv_in.base.weight, weight)  # restored exactly
