@@ -4,10 +4,9 @@ tiny: the built-in model exported static with 1 and 8 buckets (FP16), and with 8
 weights and 6-bit palettes (1 bucket); whole-package and weight-file sizes.
 
 sd21: the UNet stage alone (SD 2.1-base architecture, seeded random weights, 64x64 latents)
-converted as Core ML functions for 1 and 2 buckets (FP16), and with 8-bit weights; the
-8-bucket size is extrapolated from the measured per-function increment (each more bucket
-adds the same kind of sliced LoRA branch). Conversion time and dequantized weight error are
-recorded.
+converted as one Core ML function per bucket for 8 buckets (FP16), merged into one
+multifunction package, and with 8-bit weights. Conversion time and dequantized weight error
+are recorded.
 
     python benchmarks/coreml_size.py --presets tiny sd21 --out benchmarks/results/coreml_size.json
 """
@@ -80,7 +79,7 @@ def tiny(root: Path) -> dict[str, Any]:
     return out
 
 
-def sd21_unet(root: Path) -> dict[str, Any]:
+def sd21_unet(root: Path, buckets: int) -> dict[str, Any]:
     from mor_edge.export.coreml_export import CoreMLTarget
     from mor_edge.export.manifest import size_bytes
     from mor_edge.export.routing_plan import sliced
@@ -95,13 +94,12 @@ def sd21_unet(root: Path) -> dict[str, Any]:
     centres = Buckets.grid(2, 4).centres
     out: dict[str, Any] = {}
     paths = []
-    for i, (name, precision) in enumerate(
-        (("bucket 0 fp16", "fp16"), ("bucket 15 fp16", "fp16"), ("bucket 0 w8", "w8"))
-    ):
+    jobs = [(f"bucket {b} fp16", b, "fp16") for b in range(buckets)] + [("bucket 0 w8", 0, "w8")]
+    for i, (name, bucket, precision) in enumerate(jobs):
         target = CoreMLTarget(deployment_target="iOS18")
         path = root / f"sd21-unet-{i}.mlpackage"
         t0 = time.perf_counter()
-        with sliced(model.unet_layers(), centres[0 if i != 1 else 15]):
+        with sliced(model.unet_layers(), centres[bucket]):
             target.export_stage(StageModule(model, "unet", "static"), spec, path, precision)
         report = target.reports[path.name]
         out[name] = {
@@ -113,14 +111,12 @@ def sd21_unet(root: Path) -> dict[str, Any]:
         print(name, json.dumps(out[name]), flush=True)
         if precision == "fp16":
             paths.append(path)
-    combined = root / "sd21-unet-2.mlpackage"
-    CoreMLTarget().combine_variants(paths, combined, ["v0", "v1"])
-    single, two = out["bucket 0 fp16"]["package_bytes"], size_bytes(combined)
-    out["2 buckets fp16 package_bytes"] = two
-    out["8 buckets fp16 package_bytes (extrapolated)"] = single + 7 * (two - single)
+    combined = root / "sd21-unet-combined.mlpackage"
+    CoreMLTarget().combine_variants(paths, combined, [f"v{i}" for i in range(len(paths))])
+    single = out["bucket 0 fp16"]["package_bytes"]
+    out[f"{buckets} buckets fp16 package_bytes"] = size_bytes(combined)
     out["ratios"] = {
-        "2 buckets / 1 bucket": two / single,
-        "8 buckets / 1 bucket (extrapolated)": (single + 7 * (two - single)) / single,
+        f"{buckets} buckets / 1 bucket": size_bytes(combined) / single,
         "w8 / fp16": out["bucket 0 w8"]["package_bytes"] / single,
     }
     return out
@@ -131,14 +127,17 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--presets", nargs="+", default=["tiny", "sd21"], choices=["tiny", "sd21"])
+    parser.add_argument("--sd21-buckets", type=int, default=8, help="functions in the sd21 UNet package")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/coreml_size.json"))
     args = parser.parse_args()
-    results: dict[str, Any] = {"torch": torch.__version__}
+    # presets not run now keep their earlier results in the file
+    results: dict[str, Any] = json.loads(args.out.read_text()) if args.out.is_file() else {}
+    results["torch"] = torch.__version__
     with tempfile.TemporaryDirectory() as tmp:
         if "tiny" in args.presets:
             results["tiny"] = tiny(Path(tmp))
         if "sd21" in args.presets:
-            results["sd21_unet"] = sd21_unet(Path(tmp))
+            results["sd21_unet"] = sd21_unet(Path(tmp), args.sd21_buckets)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {args.out}")
