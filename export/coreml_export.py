@@ -124,8 +124,6 @@ class CoreMLTarget:
         import coremltools as ct
 
         _quiet()
-        if precision == "w8a8":
-            require_macos("W8A8 activation calibration (coremltools runs the model on sample data)")
         # coremltools draws a progress bar per conversion pass; they would bury the export's own
         with torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
             warnings.simplefilter("ignore")

@@ -32,10 +32,10 @@ from mor_edge.resize import bicubic_as_matmul
 from mor_edge.routing import Buckets, clear_routing
 
 from .int8 import (
-    DEFAULT_KEEP_FLOAT,
     KEEP_FLOAT_POLICIES,
     Sample,
     float_only_nodes,
+    keep_float_groups,
     plan_float_nodes,
     quantizable_groups,
 )
@@ -166,7 +166,7 @@ class _Quantization:
                 graph = onnx.load(str(source), load_external_data=False).graph
                 groups = quantizable_groups(graph)
                 nodes = float_only_nodes(graph) | {
-                    n for g, v in groups.items() if DEFAULT_KEEP_FLOAT.search(g) for n in v
+                    n for g in keep_float_groups("default", groups) for n in groups[g]
                 }
                 self.plans[stage] = (nodes, {"mode": "weights only, INT8 asymmetric"})
             self.target.compress_weights(source, path, self.plans[stage][0])  # type: ignore[attr-defined]

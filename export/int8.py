@@ -86,19 +86,18 @@ def sensitivity(
     source: Path,
     samples: list[Sample],
     groups: dict[str, list[str]],
+    fixed_float: set[str],
     scratch: Path,
     reference_run: Callable[[Sample], np.ndarray],
 ) -> list[dict[str, Any]]:
     """Stage PSNR (worst sample, against the float graph) with one layer group quantized at a
-    time, worst first."""
+    time (`fixed_float` always in float), worst first."""
     reference = [reference_run(x) for x in samples]
     all_nodes = {n for nodes in groups.values() for n in nodes}
     rows = []
     for i, (group, nodes) in enumerate(sorted(groups.items())):
         path = scratch / f"sensitivity-{i}{source.suffix}"
-        quantizer.quantize_stage(
-            source, path, samples, float_nodes=_float_nodes(source) | (all_nodes - set(nodes))
-        )
+        quantizer.quantize_stage(source, path, samples, float_nodes=fixed_float | (all_nodes - set(nodes)))
         rows.append(
             {
                 "group": group,
@@ -107,10 +106,6 @@ def sensitivity(
             }
         )
     return sorted(rows, key=lambda r: r["psnr_db"])
-
-
-def _float_nodes(source: Path) -> set[str]:
-    return float_only_nodes(onnx.load(str(source), load_external_data=False).graph)
 
 
 def keep_float_groups(
@@ -138,11 +133,14 @@ def plan_float_nodes(
     """The nodes to keep in float for `source` under `policy`, and a report of the choice."""
     graph = onnx.load(str(source), load_external_data=False).graph
     groups = quantizable_groups(graph)
+    fixed = float_only_nodes(graph)
     rows = (
-        sensitivity(quantizer, source, samples, groups, scratch, reference_run) if policy == "auto" else None
+        sensitivity(quantizer, source, samples, groups, fixed, scratch, reference_run)
+        if policy == "auto"
+        else None
     )
     keep = keep_float_groups(policy, groups, rows)
-    nodes = float_only_nodes(graph) | {n for g in keep for n in groups[g]}
+    nodes = fixed | {n for g in keep for n in groups[g]}
     quantized = sum(len(v) for g, v in groups.items() if g not in keep)
     report: dict[str, Any] = {
         "keep_float_policy": policy,

@@ -26,7 +26,7 @@ from .base import Runtime
 # z / sqrt(alpha_bar_999), 14.6x the latent, and reaches |x0| ~ 88 on the random built-in
 # model, where PyTorch fp32 itself is 1.7e-4 away from a float64 reference). INT8 gates are
 # against the FP32 reference and set between measured good and bad calibrations on the tiny
-# model: good exports measured worst stage 27.7-31.7 dB, end to end 16.9-21.4 dB, PSNR-Y
+# model: good exports measured worst stage 26.0-31.7 dB, end to end 16.9-21.4 dB, PSNR-Y
 # against HR -0.03 to -0.10 dB; one flat grey calibration image: encoder 18.3 dB, end to end
 # 15.1-15.7 dB, PSNR-Y against HR -0.42 / -0.84 dB. The stage and HR gates separate them;
 # end to end is only a floor: the random UNet's x0 = z / sqrt(alpha_bar) amplifies latent
