@@ -90,7 +90,6 @@ class CoreMLTarget:
     precisions: tuple[str, ...] = PRECISIONS
     static_weights = "sliced"  # the exporter keeps the LoRA branch unmerged per bucket
     default_precision = "fp16"
-    float_precision = "fp16"  # what a quantized export runs the router in
     bicubic_as_matmul = True  # Core ML has no bicubic resize op
 
     def __init__(self, deployment_target: str = "iOS17") -> None:

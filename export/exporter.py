@@ -117,9 +117,11 @@ def _job_list(model: MoRSR, routing: str, buckets: Buckets | None) -> list[dict[
     return jobs
 
 
-def stage_precision(stage: str, precision: str, float_precision: str = "fp32") -> str:
-    """The router stays in floating point in quantized exports (routing is computed in float)."""
-    return float_precision if stage == "router" and precision not in ("fp32", "fp16") else precision
+def stage_precision(stage: str, precision: str) -> str:
+    """The router always runs in FP32: it is tiny (under 1 ms), and its scores pick the
+    bucket and the experts; in FP16 a trained model's scores near a bucket boundary flipped
+    the routing of half the parity images."""
+    return "fp32" if stage == "router" else precision
 
 
 def _grid_calibration(model: MoRSR, buckets: Buckets | None, routing: str, progress: bool) -> CalibrationSet:
@@ -231,7 +233,6 @@ def export(
     specs = stage_specs(model, routing)
     jobs = _job_list(model, routing, buckets)
     static_weights = getattr(tgt, "static_weights", "folded")
-    float_precision = getattr(tgt, "float_precision", "fp32")
     resize = bicubic_as_matmul if getattr(tgt, "bicubic_as_matmul", False) else nullcontext
     if hasattr(tgt, "combine_variants") and any(job["variant"] > 0 for job in jobs):
         tgt.deployment_target = "iOS18"  # type: ignore[attr-defined]  # multifunction needs iOS 18
@@ -253,7 +254,7 @@ def export(
         stages: dict[str, dict[str, Any]] = {
             name: {
                 **specs[name].to_dict(),
-                "precision": stage_precision(name, precision, float_precision),
+                "precision": stage_precision(name, precision),
                 "variants": [],
             }
             for name in STAGES
@@ -275,7 +276,7 @@ def export(
                 fixed = folded(stage_layers(model, stage), job["weights"])
             with fixed, resize():
                 module: nn.Module = StageModule(model, stage, routing, form)
-                this_precision = stage_precision(stage, precision, float_precision)
+                this_precision = stage_precision(stage, precision)
                 if this_precision in QUANTIZED and hasattr(tgt, "quantize_stage"):
                     quantization.write(module, spec, stage, tmp / name, job["buckets"])
                 else:

@@ -106,8 +106,8 @@ class DegradationParams:
 
     steps: list[dict[str, Any]] = field(default_factory=list)
     blur_level: float = 0.0  # effective blur sigma in LR pixels (see `finish`)
-    noise_level: float = 0.0  # noise std of both orders combined, 0-255 units (Poisson: measured)
-    jpeg_quality: float = 100.0  # the lower of the two JPEG qualities
+    noise_level: float = 0.0  # noise std left in the LR image, 0-255 units (see `finish`)
+    jpeg_quality: float = 100.0  # the final JPEG's quality: the compression the LR image shows
     resolution_loss: float = 1.0  # how many times below the LR grid the content's resolution fell
     severity: str | None = None
 
@@ -116,10 +116,23 @@ class DegradationParams:
         little on its own: resizes before the final 1/scale shrink or stretch it. In LR pixels
         the two Gaussian blurs combine to sqrt((s1 r1)^2 + s2^2) / (scale r1), and content that
         went through a size below the LR grid (min(r1, r1 r2) < 1/scale) lost resolution by
-        that factor, which reads as further blur."""
+        that factor, which reads as further blur.
+
+        Noise likewise: each order's noise std is divided by how many times its image is
+        shrunk on the way to the LR grid (r1 scale for the first order, r1 r2 scale for the
+        second; averaging d x d pixels divides white noise by d), and the first order's also
+        by the second-order blur (a Gaussian of sigma s keeps 1 / (2 sqrt(pi) s) of white
+        noise). The first JPEG is blurred, resized and noised over by the second order; the
+        final one is what the LR image shows."""
         first, second = self.steps[0], self.steps[1]
         r1, r2 = first["resize_scale"], second["resize_scale"]
         s1, s2 = first.get("sigma", 0.0), second.get("sigma", 0.0)
+        blur_keep = 1.0 / max(1.0, 2.0 * math.sqrt(math.pi) * s2)
+        self.noise_level = math.hypot(
+            first["noise_std"] * blur_keep / max(1.0, r1 * scale),
+            second["noise_std"] / max(1.0, r1 * r2 * scale),
+        )
+        self.jpeg_quality = float(self.steps[2]["jpeg_quality"])
         kernel_blur = math.hypot(s1 * r1, s2) / (scale * r1)
         self.resolution_loss = max(1.0, 1.0 / (scale * min(r1, r1 * r2)))
         self.blur_level = math.hypot(kernel_blur, 0.5 * (self.resolution_loss - 1.0))
@@ -128,7 +141,7 @@ class DegradationParams:
         """Each degradation kind as a [0, 1] target, keyed like the default prompt pairs."""
         return {
             "blur": min(self.blur_level / 1.5, 1.0),
-            "noise": min(self.noise_level / 30.0, 1.0),
+            "noise": min(self.noise_level / 15.0, 1.0),
             "jpeg": (95.0 - min(self.jpeg_quality, 95.0)) / 65.0,
             "resolution": min((self.resolution_loss - 1.0) / 3.0, 1.0),
         }
@@ -279,8 +292,6 @@ def degrade_one(
         img = random_noise(sp, img, cfg, rec)
         if order == "first":
             img = random_jpeg(sp, img, cfg, rec)
-            params.jpeg_quality = float(rec["jpeg_quality"])
-        params.noise_level = math.hypot(params.noise_level, float(rec["noise_std"]))
         params.steps.append(rec)
     final: dict[str, Any] = {"order": "final", "jpeg_first": sp.chance(0.5)}
     if sp.chance(settings.final_sinc_prob):
@@ -300,7 +311,6 @@ def degrade_one(
         img = filter2d(_resize(jpeg(img, quality), out_size, mode), kernel)
     else:
         img = jpeg(filter2d(_resize(img, out_size, mode), kernel).clamp(0, 1), quality)
-    params.jpeg_quality = min(params.jpeg_quality, quality)
     params.steps.append(final)
     params.finish(settings.scale)
     return img.clamp(0, 1), params

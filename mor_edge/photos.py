@@ -9,6 +9,10 @@ import numpy as np
 
 SKIMAGE_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket")
 SKLEARN_PHOTOS = ("china", "flower")
+# More content for training only (never held out, so the evaluation set stays fixed):
+# colour photographs, and greyscale ones repeated to RGB.
+SKIMAGE_TRAINING_EXTRAS = ("hubble_deep_field", "immunohistochemistry", "retina")
+SKIMAGE_GREY_EXTRAS = ("camera", "moon", "coins", "brick", "grass", "gravel")
 
 
 @functools.cache
@@ -31,7 +35,19 @@ def split(name: str) -> str:
     return "eval" if names.index(name) % 3 == 2 else "train"
 
 
+@functools.cache
+def training_extras() -> dict[str, np.ndarray]:
+    from skimage import data
+
+    extras = {name: getattr(data, name)()[..., :3] for name in SKIMAGE_TRAINING_EXTRAS}
+    for name in SKIMAGE_GREY_EXTRAS:
+        extras[name] = np.repeat(getattr(data, name)()[..., None], 3, axis=2)
+    return {name: np.ascontiguousarray(extras[name]) for name in sorted(extras)}
+
+
 def photos(subset: str) -> dict[str, np.ndarray]:
+    """`eval`: the held-out photos. `train`: the others plus the training-only extras."""
     if subset not in ("train", "eval"):
         raise ValueError("subset must be 'train' or 'eval'")
-    return {n: p for n, p in builtin_photos().items() if split(n) == subset}
+    chosen = {n: p for n, p in builtin_photos().items() if split(n) == subset}
+    return {**chosen, **training_extras()} if subset == "train" else chosen

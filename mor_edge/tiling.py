@@ -7,21 +7,30 @@ and the padding is cropped away. One routing decision covers the whole image: th
 sees the whole image resized to its input size, so neighbouring tiles use the same experts
 (per-tile routing is an option). Output rows are handed out in bands as soon as no later
 tile can touch them, so memory is bounded by a band of tiles, not by the image.
+
+An engine may first walk over every tile to gather whole-image statistics (`prepare`): the
+reference does, with `norm_passes` > 0, so that its GroupNorms normalise each tile with the
+statistics of the whole image (`mor_edge.global_norm`) and tiles match the untiled output.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import Protocol
+import contextlib
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 from PIL import Image
 from tqdm import tqdm
 
+from .global_norm import WholeImageNorm, ownership
 from .image_io import LoadedImage
 from .model import MoRSR
+
+TileInputs = Callable[[], Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]]
 
 
 class TileEngine(Protocol):
@@ -34,12 +43,26 @@ class TileEngine(Protocol):
 
     def run(self, lr: np.ndarray, s: np.ndarray) -> np.ndarray: ...
 
+    def passes(self) -> int:
+        """How many times `prepare` walks over the tiles (0: it does not)."""
+        ...
+
+    def prepare(self, tiles: TileInputs) -> None:
+        """Called before any tile runs, with a way to iterate over every tile's (lr, s,
+        owned pixels); engines that need whole-image statistics gather them here."""
+        ...
+
 
 @dataclass
 class ReferenceEngine:
-    """The PyTorch reference behind the `TileEngine` interface."""
+    """The PyTorch reference behind the `TileEngine` interface. With `norm_layers_per_pass`
+    set, its GroupNorms run on whole-image statistics gathered over the tiles first
+    (`mor_edge.global_norm`: 1 is exact, larger is cheaper); None normalises each tile alone."""
 
     model: MoRSR
+    norm_layers_per_pass: int | None = None
+    _norm: WholeImageNorm | None = field(default=None, init=False, repr=False)
+    _order: list[str] = field(default_factory=list, init=False, repr=False)
 
     @property
     def scale(self) -> int:
@@ -55,7 +78,37 @@ class ReferenceEngine:
 
     @torch.no_grad()
     def run(self, lr: np.ndarray, s: np.ndarray) -> np.ndarray:
-        return self.model(torch.from_numpy(lr), s=torch.from_numpy(s)).numpy()
+        with self._norm.active() if self._norm else contextlib.nullcontext():
+            return self.model(torch.from_numpy(lr), s=torch.from_numpy(s)).numpy()
+
+    def _norm_order(self) -> list[str]:
+        if not self._order:
+            size = self.router_size
+            probe = torch.zeros(1, 3, size, size)
+            norm = WholeImageNorm(self.model)
+            with torch.no_grad():
+                self._order = norm.execution_order(lambda: self.model(probe, s=self.model.route(probe)))
+        return self._order
+
+    def passes(self) -> int:
+        if self.norm_layers_per_pass is None:
+            return 0
+        return math.ceil(len(self._norm_order()) / self.norm_layers_per_pass)
+
+    @torch.no_grad()
+    def prepare(self, tiles: TileInputs) -> None:
+        self._norm = None
+        if self.norm_layers_per_pass is None:
+            return
+        norm = WholeImageNorm(self.model)
+
+        def forwards() -> Iterator[tuple[torch.Tensor, Callable[[], Any]]]:
+            for lr, s, owned in tiles():
+                x, routed = torch.from_numpy(lr), torch.from_numpy(s)
+                yield torch.from_numpy(owned), lambda x=x, routed=routed: self.model(x, s=routed)
+
+        norm.gather(forwards, self._norm_order(), self.norm_layers_per_pass)
+        self._norm = norm
 
 
 def positions(length: int, tile: int, overlap: int) -> list[int]:
@@ -124,14 +177,25 @@ def upscale_tiled(
     for x, r in zip(xs, ramps_x, strict=True):
         total_x[x * scale : min(x * scale + side, out_w)] += r[: min(side, out_w - x * scale)]
     s_global = None if per_tile_routing else engine.route(router_input(image, engine.router_size))
+    bar = tqdm(total=len(ys) * len(xs) * (1 + engine.passes()), desc="upscale", unit="tile", disable=not progress)
+
+    def tiles(count: bool = True) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        for iy, y in enumerate(ys):
+            for ix, x in enumerate(xs):
+                lr = _padded_crop(image, y, x, tile)
+                s = engine.route(router_input_tile(lr, engine.router_size)) if s_global is None else s_global
+                yield lr, s, ownership(ys, xs, iy, ix, tile, h, w)
+                if count:
+                    bar.update()
+
+    engine.prepare(tiles)
     acc = np.zeros((min(side, out_h), out_w, 3), np.float32)
     band_top = 0  # SR row that acc[0] holds
-    bar = tqdm(total=len(ys) * len(xs), desc="upscale", unit="tile", disable=not progress)
+    walk = tiles(count=False)
     for iy, y in enumerate(ys):
         top, bottom = y * scale, min(y * scale + side, out_h)
         for ix, x in enumerate(xs):
-            lr = _padded_crop(image, y, x, tile)
-            s = engine.route(router_input_tile(lr, engine.router_size)) if s_global is None else s_global
+            lr, s, _ = next(walk)
             sr = engine.run(lr, s)[0].transpose(1, 2, 0)
             left, right = x * scale, min(x * scale + side, out_w)
             weight = ramps_y[iy][: bottom - top, None] * ramps_x[ix][None, : right - left]

@@ -48,10 +48,14 @@ OPTIMIZER_NAME = "optimizer.safetensors"
 @dataclass
 class TrainConfig:
     seed: int = 0
-    hr_size: int = 128
-    batch_size: int = 4
-    estimator_steps: int = 600
-    base_steps: int = 1500
+    hr_size: int = 64  # HR crop side of the dense-base stage
+    batch_size: int = 16
+    mor_hr_size: int = 128  # HR side of the region the MoR stage trains on
+    mor_batch_size: int = 8
+    estimator_pool: int = 8000  # degraded images generated once for the estimator
+    estimator_batch_size: int = 64
+    estimator_steps: int = 3000
+    base_steps: int = 3500
     mor_steps: int = 400
     lr: float = 2e-3
     estimator_lr: float = 1e-3
@@ -65,31 +69,70 @@ class TrainConfig:
         return int(getattr(self, f"{stage}_steps"))
 
 
+@dataclass
+class Batch:
+    lr: torch.Tensor
+    hr: torch.Tensor
+    labels: torch.Tensor
+    router_lr: torch.Tensor | None = None  # the whole LR image the routing is computed on
+
+
 class TrainingData:
-    """Endless seeded batches: random HR crops + Real-ESRGAN degradations + labels.
-    Batch `i` depends only on (seed, i, process), so a resumed run sees the same data."""
+    """Seeded batches: random HR crops + Real-ESRGAN degradations + labels. Batch `i` of a
+    stage depends only on (seed, stage, i, process), so a resumed run sees the same data.
 
-    def __init__(self, config: TrainConfig, names: list[str], process: int = 0) -> None:
-        self.config = config
-        self.names = names
-        self.process = process
+    - estimator: a pool of degraded images at the router's own input size (LR = its image
+      size, as evaluation and upscaling feed it), generated once and drawn from with flips
+      and quarter turns; the estimator is small and the degradations cost more than its step.
+    - base: small crops (cheap steps; the model is convolutional).
+    - mor: the router sees the whole degraded image at its input size, the SR loss is taken
+      on a region of it, as tiled upscaling routes the whole image and runs tiles."""
+
+    def __init__(self, config: TrainConfig, names: list[str], router_size: int, scale: int, process: int = 0) -> None:
+        self.config, self.names, self.process = config, names, process
+        self.router_size, self.scale = router_size, scale
         self.pool = load_image_pool(config.images)
+        self._estimator_pool: tuple[torch.Tensor, torch.Tensor] | None = None
 
-    def batch(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        c = self.config
-        rng = np.random.default_rng([c.seed, index, self.process])
+    def _degraded(self, rng: np.random.Generator, hr_size: int, count: int) -> Batch:
         hr = torch.stack(
-            [
-                random_crop(self.pool[int(rng.integers(len(self.pool)))], c.hr_size, rng)
-                for _ in range(c.batch_size)
-            ]
+            [random_crop(self.pool[int(rng.integers(len(self.pool)))], hr_size, rng) for _ in range(count)]
         )
         # Each image draws a severity band, so that the degradation kinds co-vary with an
         # overall difficulty the way evaluation and calibration sample them.
-        levels = [LEVELS[int(i)] for i in rng.integers(len(LEVELS), size=c.batch_size)]
+        levels = [LEVELS[int(i)] for i in rng.integers(len(LEVELS), size=count)]
         lr, params = degrade(hr, seed=int(rng.integers(2**31)), severity=levels)
         labels = torch.tensor([[p.labels()[n] for n in self.names] for p in params], dtype=torch.float32)
-        return lr, hr, labels
+        return Batch(lr, hr, labels)
+
+    def estimator_pool(self, progress: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._estimator_pool is None:
+            c, chunk = self.config, 50
+            parts = []
+            for i in tqdm(range(0, c.estimator_pool, chunk), desc="estimator data", disable=not progress):
+                rng = np.random.default_rng([c.seed, 0, i, self.process])
+                parts.append(self._degraded(rng, self.router_size * self.scale, min(chunk, c.estimator_pool - i)))
+            self._estimator_pool = (torch.cat([b.lr for b in parts]), torch.cat([b.labels for b in parts]))
+        return self._estimator_pool
+
+    def batch(self, stage: str, index: int, progress: bool = False) -> Batch:
+        c = self.config
+        rng = np.random.default_rng([c.seed, STAGES.index(stage) + 1, index, self.process])
+        if stage == "estimator":
+            lr, labels = self.estimator_pool(progress)
+            pick = torch.from_numpy(rng.integers(len(lr), size=c.estimator_batch_size))
+            x = lr[pick]
+            if rng.random() < 0.5:
+                x = x.flip(-1)
+            x = torch.rot90(x, int(rng.integers(4)), (-2, -1))
+            return Batch(x, x, labels[pick])
+        if stage == "base":
+            return self._degraded(rng, c.hr_size, c.batch_size)
+        whole = self._degraded(rng, self.router_size * self.scale, c.mor_batch_size)
+        side = c.mor_hr_size // self.scale
+        y, x = (int(v) for v in rng.integers(0, self.router_size - side + 1, size=2))
+        hr = whole.hr[..., y * self.scale : (y + side) * self.scale, x * self.scale : (x + side) * self.scale]
+        return Batch(whole.lr[..., y : y + side, x : x + side], hr, whole.labels, router_lr=whole.lr)
 
 
 def load_image_pool(folder: str | None) -> list[np.ndarray]:
@@ -126,7 +169,7 @@ class StageLoss(nn.Module):
         self.model, self.stage, self.balance_weight = model, stage, balance_weight
 
     def forward(
-        self, lr: torch.Tensor, hr: torch.Tensor, labels: torch.Tensor
+        self, lr: torch.Tensor, hr: torch.Tensor, labels: torch.Tensor, router_lr: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         model = self.model
         if self.stage == "estimator":
@@ -136,7 +179,7 @@ class StageLoss(nn.Module):
             l2 = F.mse_loss(model(lr, adapters=False), hr)
             return l2, {"l2": l2.detach()}
         with torch.no_grad():
-            s = model.route(lr)
+            s = model.route(lr if router_lr is None else router_lr)
         routings = model.routing(s)
         z = model.encode(model.upsample(lr), None)  # routing applied just above
         l2 = F.mse_loss(model.decode(model.denoise(z, None)), hr)
@@ -195,7 +238,13 @@ class Trainer:
 
         self.accelerator = Accelerator(cpu=not torch.cuda.is_available())
         self.model, self.config, self.out, self.progress = model, config, Path(out), progress
-        self.data = TrainingData(config, model.config.degradation_names, self.accelerator.process_index)
+        self.data = TrainingData(
+            config,
+            model.config.degradation_names,
+            model.estimator.image_size,
+            model.config.scale,
+            self.accelerator.process_index,
+        )
         self.state: dict[str, Any] = {"stage": STAGES[0], "step": 0, "batch": 0, "done": []}
 
     # -- checkpoints ------------------------------------------------------------------
@@ -278,8 +327,9 @@ class Trainer:
                 warm = min(1.0, (step + 1) / 50)
                 group["lr"] = base_lr * warm * 0.5 * (1 + math.cos(math.pi * step / total))
             device = self.accelerator.device
-            lr, hr, labels = (t.to(device) for t in self.data.batch(self.state["batch"]))
-            loss, parts = loss_module(lr, hr, labels)
+            b = self.data.batch(stage, step, self.progress)
+            router_lr = None if b.router_lr is None else b.router_lr.to(device)
+            loss, parts = loss_module(b.lr.to(device), b.hr.to(device), b.labels.to(device), router_lr)
             optimizer.zero_grad(set_to_none=True)
             self.accelerator.backward(loss)
             self.accelerator.clip_grad_norm_(params, 1.0)

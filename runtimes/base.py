@@ -13,6 +13,7 @@ from mor_edge.export.manifest import Artifact, ArtifactError
 
 from mor_edge.errors import UserError
 from mor_edge.routing import nearest_centre
+from mor_edge.tiling import TileInputs
 
 
 @dataclass
@@ -94,6 +95,12 @@ class Runtime(abc.ABC):
         latent = self.run_stage("encoder", {"lr": lr, **routed}, bucket)
         x0 = self.run_stage("unet", {"latent": latent, **routed}, bucket)
         return self.run_stage("decoder", {"x0": x0})
+
+    def passes(self) -> int:
+        return 0
+
+    def prepare(self, tiles: TileInputs) -> None:
+        """Fixed graphs normalise each tile on its own statistics: nothing to gather."""
 
     def pipeline(self, lr: np.ndarray) -> PipelineResult:
         """One LR image (1, 3, h, w) in [0, 1] -> SR, routing on the router's `s`."""

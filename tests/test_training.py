@@ -16,7 +16,20 @@ from mor_edge.degradations import DegradationSettings, degrade
 from mor_edge.model import MoRSR
 from mor_edge.training import StageLoss, TrainConfig, Trainer, TrainingData, initial_model
 
-SMALL = dict(hr_size=32, batch_size=2, log_every=1, checkpoint_every=5)
+SMALL = dict(
+    hr_size=32,
+    batch_size=2,
+    mor_hr_size=32,
+    mor_batch_size=2,
+    estimator_pool=8,
+    estimator_batch_size=4,
+    log_every=1,
+    checkpoint_every=5,
+)
+
+
+def small_data(config: TrainConfig, model: MoRSR) -> TrainingData:
+    return TrainingData(config, model.config.degradation_names, model.estimator.image_size, model.config.scale)
 
 
 def hr_batch(n: int = 6, size: int = 64) -> torch.Tensor:
@@ -84,12 +97,14 @@ def test_a_few_steps_reduce_the_loss_and_touch_only_trainable_parameters(
                 layer.lora_B.normal_(std=0.01)
     steps = {"estimator_steps": 0, "base_steps": 0, "mor_steps": 0, f"{stage}_steps": 12}
     config = TrainConfig(**SMALL, **steps)
-    data = TrainingData(config, model.config.degradation_names)
-    fixed = [data.batch(10_000 + i) for i in range(2)]
+    data = small_data(config, model)
+    fixed = [data.batch(stage, 10_000 + i) for i in range(2)]
 
     def loss() -> float:
         with torch.no_grad():
-            return float(np.mean([float(StageLoss(model, stage, 0.0)(*b)[0]) for b in fixed]))
+            return float(
+                np.mean([float(StageLoss(model, stage, 0.0)(b.lr, b.hr, b.labels, b.router_lr)[0]) for b in fixed])
+            )
 
     before_loss, before = loss(), _params(model)
     Trainer(model, config, tmp_path, progress=False).run()
@@ -113,10 +128,10 @@ def test_resume_continues_from_the_saved_step(tmp_path: Path, monkeypatch: pytes
 
     real_batch = TrainingData.batch
 
-    def interrupted(self: TrainingData, index: int):  # type: ignore[no-untyped-def]
-        if index == 9:  # estimator used batches 0-2; the base stage dies at its 7th step
+    def interrupted(self: TrainingData, stage: str, index: int, progress: bool = False):  # type: ignore[no-untyped-def]
+        if stage == "base" and index == 5:  # the base stage dies at its 6th step
             raise KeyboardInterrupt
-        return real_batch(self, index)
+        return real_batch(self, stage, index, progress)
 
     monkeypatch.setattr(TrainingData, "batch", interrupted)
     with pytest.raises(KeyboardInterrupt):
@@ -132,6 +147,25 @@ def test_resume_continues_from_the_saved_step(tmp_path: Path, monkeypatch: pytes
     assert [r["stage_step"] for r in log if r.get("stage") == "base"][-3:] == [6, 7, 8]
     for (name, a), (_, b) in zip(full.state_dict().items(), resumed.state_dict().items(), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-5, msg=name)
+
+
+def test_training_batches_by_stage() -> None:
+    """The estimator learns at its own input size, the MoR stage routes on the whole image
+    and trains on a region of it, and a batch depends only on (seed, stage, index)."""
+    model = initial_model("tiny", 0)
+    data = small_data(TrainConfig(**SMALL), model)
+    est = data.batch("estimator", 3)
+    assert est.lr.shape == (4, 3, 64, 64) and est.labels.shape == (4, 4)
+    assert ((est.labels >= 0) & (est.labels <= 1)).all()
+    mor = data.batch("mor", 0)
+    assert mor.router_lr is not None and mor.router_lr.shape == (2, 3, 64, 64)
+    assert mor.lr.shape == (2, 3, 8, 8) and mor.hr.shape == (2, 3, 32, 32)
+    assert any(
+        torch.equal(mor.lr, mor.router_lr[..., y : y + 8, x : x + 8]) for y in range(57) for x in range(57)
+    )
+    again = small_data(TrainConfig(**SMALL), model).batch("base", 5)
+    torch.testing.assert_close(again.lr, data.batch("base", 5).lr, rtol=0, atol=0)
+    assert not torch.equal(data.batch("base", 6).lr, again.lr)
 
 
 def test_evaluate_json_has_the_keys(tmp_path: Path) -> None:

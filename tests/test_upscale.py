@@ -22,7 +22,8 @@ from mor_edge.cli import main
 from mor_edge.image_io import LoadedImage, PngBandWriter, load_image
 from mor_edge.model import MoRSR
 from mor_edge.photos import photos
-from mor_edge.tiling import ReferenceEngine, collect, positions, router_input, upscale_tiled
+from mor_edge.global_norm import WholeImageNorm, owned_span, ownership
+from mor_edge.tiling import ReferenceEngine, TileInputs, collect, positions, router_input, upscale_tiled
 
 FAST = ["--tile", "16", "--overlap", "4"]
 CANNOT_STORE = {
@@ -53,6 +54,12 @@ class Nearest:
     def run(self, lr: np.ndarray, s: np.ndarray) -> np.ndarray:
         return np.repeat(np.repeat(lr, 4, axis=2), 4, axis=3)
 
+    def passes(self) -> int:
+        return 0
+
+    def prepare(self, tiles: TileInputs) -> None:
+        pass
+
 
 def image(h: int, w: int, seed: int = 0) -> LoadedImage:
     rgb = np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
@@ -75,19 +82,21 @@ def test_positions_end_on_the_border() -> None:
     assert positions(100, 32, 8) == [0, 24, 48, 68]
 
 
-def test_tiled_reference_against_untiled(tiny_model: MoRSR) -> None:
-    """Seams, measured: tiled vs untiled output of the reference on a held-out photo."""
-    rgb = np.ascontiguousarray(photos("eval")["motorcycle"][100:420:4, 100:580:4])  # 80x120 LR
+@pytest.mark.parametrize("layers_per_pass,floor", [(None, 30.0), (1, 45.0)])
+def test_tiled_reference_against_untiled(tiny_model: MoRSR, layers_per_pass: int | None, floor: float) -> None:
+    """Seams, measured: tiled vs untiled output of the reference on a held-out photo. Tiles
+    normalised on their own GroupNorm statistics differ from the whole image (measured 36-46
+    dB on the built-in model); with whole-image statistics gathered exactly (one GroupNorm
+    per pass) only attention and the receptive field at tile borders remain: >= 45 dB."""
+    rgb = np.ascontiguousarray(photos("eval")["motorcycle"][100:388:4, 100:388:4])  # 72x72 LR
     img = LoadedImage(rgb=rgb, alpha=None, path=Path("mem"))
-    engine = ReferenceEngine(tiny_model)
+    engine = ReferenceEngine(tiny_model, norm_layers_per_pass=layers_per_pass)
     s = engine.route(router_input(img, engine.router_size))
     with torch.no_grad():
         untiled = tiny_model(img.tensor(), s=torch.from_numpy(s))[0].numpy().transpose(1, 2, 0)
-    tiled = collect(upscale_tiled(img, engine, tile=64, overlap=24, progress=False))
+    tiled = collect(upscale_tiled(img, engine, tile=48, overlap=16, progress=False))
     psnr = 10 * math.log10(1 / float(np.mean((tiled - untiled) ** 2)))
-    # The random built-in model normalises (GroupNorm) and attends over whole tiles, so tiles
-    # differ from the whole image; this records the level rather than the 45 dB target.
-    assert psnr > 15
+    assert psnr >= floor
 
 
 def save(img: Image.Image, path: Path, fmt: str, **kw: object) -> Path:
@@ -274,3 +283,44 @@ def _saved_tiny(tmp_path: Path) -> Path:
 
     load_model(None).save_pretrained(tmp_path / "model")
     return tmp_path / "model"
+
+
+def test_whole_image_norm_gathers_each_pixel_once() -> None:
+    """A 1x1 conv + GroupNorm is pointwise except for the GroupNorm's statistics: with
+    statistics gathered over tiles that own every pixel once, tiles normalise exactly like
+    the whole image (plain per-tile normalisation does not)."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 1), torch.nn.GroupNorm(2, 8), torch.nn.Conv2d(8, 3, 1))
+    x = torch.rand(1, 3, 37, 50) * torch.linspace(0, 2, 50)  # statistics vary across the image
+    tile, overlap = 24, 8
+    ys, xs = positions(37, tile, overlap), positions(50, tile, overlap)
+    norm = WholeImageNorm(net)
+
+    def tiles():  # type: ignore[no-untyped-def]
+        for iy, y in enumerate(ys):
+            for ix, x0 in enumerate(xs):
+                crop = x[..., y : y + tile, x0 : x0 + tile]
+                yield torch.from_numpy(ownership(ys, xs, iy, ix, tile, 37, 50)), lambda c=crop: net(c)
+
+    with torch.no_grad():
+        whole = net(x)
+        norm.gather(tiles, norm.execution_order(lambda: net(x)))
+        for y in ys:
+            for x0 in xs:
+                crop = x[..., y : y + tile, x0 : x0 + tile]
+                region = whole[..., y : y + tile, x0 : x0 + tile]
+                with norm.active():
+                    fixed = net(crop)
+                torch.testing.assert_close(fixed, region, atol=1e-5, rtol=1e-5)
+                assert (net(crop) - region).abs().max() > 1e-2
+
+
+def test_owned_spans_cover_once() -> None:
+    for length, tile, overlap in [(100, 32, 8), (37, 24, 8), (20, 32, 8), (64, 64, 16)]:
+        starts = positions(length, tile, overlap)
+        covered = np.zeros(length, int)
+        for i, start in enumerate(starts):
+            lo, hi = owned_span(starts, i, tile, length)
+            assert 0 <= lo < hi <= tile
+            covered[start + lo : start + hi] += 1
+        assert (covered == 1).all()

@@ -1,0 +1,171 @@
+"""Whole-image GroupNorm statistics for tiled inference on the reference model.
+
+A GroupNorm normalises over the whole feature map it sees, so a tile normalised on its own
+statistics differs from the same region of the whole image: that is where seams come from.
+`WholeImageNorm` gathers each GroupNorm's per-group mean and variance tile by tile, every
+image pixel counted once (each tile owns the part of its overlaps nearest to it), and then
+lets the tiles run normalised with those whole-image statistics.
+
+A layer's statistics depend on every GroupNorm before it, so they are gathered in execution
+order: a pass over the tiles gathers the next `layers_per_pass` GroupNorms, with the earlier
+ones already fixed to their whole-image statistics, and stops each tile's forward there.
+With one layer per pass the statistics are exactly those of the untiled image (about L/2
+forwards per tile for L GroupNorms); more layers per pass cost fewer forwards, and the layers
+within one pass see per-tile statistics upstream. Memory stays bounded by the tile: the
+statistics are a few numbers per group. (Iterating whole passes to a fixed point instead
+diverged on the random model and lost quality on the trained one.)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def owned_span(starts: list[int], index: int, tile: int, length: int) -> tuple[int, int]:
+    """The part of tile `index` (origins `starts`) nearest to it: overlaps split at their middle.
+    Relative to the tile's origin; the spans of all tiles cover [0, length) once."""
+    start = starts[index]
+    lo = 0 if index == 0 else (starts[index - 1] + tile + start) // 2
+    hi = length if index == len(starts) - 1 else (start + tile + starts[index + 1]) // 2
+    return lo - start, min(hi, length) - start
+
+
+class _Accumulator:
+    """Per-group sums over the owned pixels of every tile, in float64."""
+
+    def __init__(self) -> None:
+        self.total = 0.0
+        self.sums: torch.Tensor | None = None
+        self.squares: torch.Tensor | None = None
+
+    def add(self, grouped: torch.Tensor, weight: torch.Tensor) -> None:
+        # grouped (N, G, C/G, L), weight (L,): pixel weights (the owned share of each pixel).
+        x = grouped.double()
+        w = weight.double()
+        sums = (x * w).sum(dim=(2, 3))
+        squares = (x * x * w).sum(dim=(2, 3))
+        self.sums = sums if self.sums is None else self.sums + sums
+        self.squares = squares if self.squares is None else self.squares + squares
+        self.total += float(w.sum()) * grouped.shape[2]
+
+    def moments(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.sums is None or self.squares is None or self.total == 0:
+            raise RuntimeError("no statistics gathered")
+        mean = self.sums / self.total
+        var = (self.squares / self.total - mean * mean).clamp_min(0)
+        return mean.float(), var.float()
+
+
+class _StopForward(Exception):
+    """Raised after the last GroupNorm a pass gathers: the rest of the forward is not needed."""
+
+
+class WholeImageNorm:
+    """Swap every GroupNorm of `model` for one that can gather statistics over owned pixels
+    and normalise with fixed (whole-image) statistics."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.norms = {name: m for name, m in model.named_modules() if isinstance(m, nn.GroupNorm)}
+        self.fixed: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._gathering: dict[str, _Accumulator] | None = None
+        self._stop_after: str | None = None
+        self._owned: torch.Tensor | None = None  # (h, w) ownership of the tile, LR grid
+
+    def execution_order(self, forward: Callable[[], Any]) -> list[str]:
+        """The GroupNorms in the order one forward calls them."""
+        order: list[str] = []
+        hooks = [
+            m.register_forward_pre_hook(lambda _m, _a, n=name: order.append(n)) for name, m in self.norms.items()
+        ]
+        try:
+            forward()
+        finally:
+            for h in hooks:
+                h.remove()
+        return list(dict.fromkeys(order))
+
+    def gather(
+        self,
+        tiles: Callable[[], Iterable[tuple[torch.Tensor, Callable[[], Any]]]],
+        order: list[str],
+        layers_per_pass: int = 1,
+    ) -> None:
+        """Whole-image statistics of every GroupNorm in `order`. `tiles()` yields each tile's
+        ownership map and a function running its forward; it is walked once per pass."""
+        if layers_per_pass < 1:
+            raise ValueError("layers_per_pass must be >= 1")
+        self.fixed = {}
+        with self.active():
+            for first in range(0, len(order), layers_per_pass):
+                chunk = order[first : first + layers_per_pass]
+                self._gathering = {name: _Accumulator() for name in chunk}
+                self._stop_after = chunk[-1]
+                for owned, forward in tiles():
+                    self._owned = owned.float()
+                    try:
+                        forward()
+                    except _StopForward:
+                        pass
+                self.fixed.update({name: acc.moments() for name, acc in self._gathering.items()})
+            self._gathering = self._stop_after = None
+
+    @contextlib.contextmanager
+    def active(self) -> Iterator[None]:
+        """Inside, the GroupNorms follow this object's mode; outside they are plain again."""
+        originals = {name: m.forward for name, m in self.norms.items()}
+        try:
+            for name, m in self.norms.items():
+                m.forward = self._forward_for(name, m)  # type: ignore[method-assign]
+            yield
+        finally:
+            for name, m in self.norms.items():
+                m.forward = originals[name]  # type: ignore[method-assign]
+
+    def _weights(self, size: tuple[int, ...]) -> torch.Tensor:
+        """The ownership map at a feature map's resolution, flattened (area-resampled)."""
+        if self._owned is None:
+            raise RuntimeError("statistics are gathered only inside gather()")
+        if len(size) == 1:  # attention's GroupNorm sees (N, C, h*w) of a square tile
+            side = math.isqrt(size[0])
+            size = (side, size[0] // side)
+        owned = F.interpolate(self._owned[None, None], size=size, mode="area")
+        return owned.reshape(-1)
+
+    def _forward_for(self, name: str, norm: nn.GroupNorm) -> Any:
+        groups, eps = norm.num_groups, norm.eps
+
+        def forward(x: torch.Tensor) -> torch.Tensor:
+            n, c = x.shape[:2]
+            grouped = x.reshape(n, groups, c // groups, -1)
+            if self._gathering is not None and name in self._gathering:
+                self._gathering[name].add(grouped, self._weights(tuple(x.shape[2:])))
+                if name == self._stop_after:
+                    raise _StopForward
+            if name not in self.fixed:
+                return F.group_norm(x, groups, norm.weight, norm.bias, eps)
+            mean, var = self.fixed[name]
+            y = (grouped - mean[..., None, None].to(x.dtype)) * torch.rsqrt(var[..., None, None].to(x.dtype) + eps)
+            y = y.reshape(x.shape)
+            if norm.affine:
+                shape = (1, c) + (1,) * (x.dim() - 2)
+                y = y * norm.weight.reshape(shape) + norm.bias.reshape(shape)
+            return y
+
+        return forward
+
+
+def ownership(ys: list[int], xs: list[int], iy: int, ix: int, tile: int, h: int, w: int) -> np.ndarray:
+    """(tile, tile) map of the pixels tile (iy, ix) owns; zero on padding beyond the image."""
+    y0, y1 = owned_span(ys, iy, tile, h)
+    x0, x1 = owned_span(xs, ix, tile, w)
+    owned = np.zeros((tile, tile), np.float32)
+    owned[y0:y1, x0:x1] = 1.0
+    return owned
