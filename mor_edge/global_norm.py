@@ -83,7 +83,8 @@ class WholeImageNorm:
         """The GroupNorms in the order one forward calls them."""
         order: list[str] = []
         hooks = [
-            m.register_forward_pre_hook(lambda _m, _a, n=name: order.append(n)) for name, m in self.norms.items()
+            m.register_forward_pre_hook(lambda _m, _a, n=name: order.append(n))
+            for name, m in self.norms.items()
         ]
         try:
             forward()
@@ -110,10 +111,8 @@ class WholeImageNorm:
                 self._stop_after = chunk[-1]
                 for owned, forward in tiles():
                     self._owned = owned.float()
-                    try:
+                    with contextlib.suppress(_StopForward):
                         forward()
-                    except _StopForward:
-                        pass
                 self.fixed.update({name: acc.moments() for name, acc in self._gathering.items()})
             self._gathering = self._stop_after = None
 
@@ -152,7 +151,9 @@ class WholeImageNorm:
             if name not in self.fixed:
                 return F.group_norm(x, groups, norm.weight, norm.bias, eps)
             mean, var = self.fixed[name]
-            y = (grouped - mean[..., None, None].to(x.dtype)) * torch.rsqrt(var[..., None, None].to(x.dtype) + eps)
+            y = (grouped - mean[..., None, None].to(x.dtype)) * torch.rsqrt(
+                var[..., None, None].to(x.dtype) + eps
+            )
             y = y.reshape(x.shape)
             if norm.affine:
                 shape = (1, c) + (1,) * (x.dim() - 2)

@@ -16,6 +16,7 @@ statistics of the whole image (`mor_edge.global_norm`) and tiles match the until
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -104,8 +105,8 @@ class ReferenceEngine:
 
         def forwards() -> Iterator[tuple[torch.Tensor, Callable[[], Any]]]:
             for lr, s, owned in tiles():
-                x, routed = torch.from_numpy(lr), torch.from_numpy(s)
-                yield torch.from_numpy(owned), lambda x=x, routed=routed: self.model(x, s=routed)
+                run = functools.partial(self.model, torch.from_numpy(lr), s=torch.from_numpy(s))
+                yield torch.from_numpy(owned), run
 
         norm.gather(forwards, self._norm_order(), self.norm_layers_per_pass)
         self._norm = norm
@@ -177,7 +178,9 @@ def upscale_tiled(
     for x, r in zip(xs, ramps_x, strict=True):
         total_x[x * scale : min(x * scale + side, out_w)] += r[: min(side, out_w - x * scale)]
     s_global = None if per_tile_routing else engine.route(router_input(image, engine.router_size))
-    bar = tqdm(total=len(ys) * len(xs) * (1 + engine.passes()), desc="upscale", unit="tile", disable=not progress)
+    bar = tqdm(
+        total=len(ys) * len(xs) * (1 + engine.passes()), desc="upscale", unit="tile", disable=not progress
+    )
 
     def tiles(count: bool = True) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         for iy, y in enumerate(ys):

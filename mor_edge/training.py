@@ -88,15 +88,21 @@ class TrainingData:
     - mor: the router sees the whole degraded image at its input size, the SR loss is taken
       on a region of it, as tiled upscaling routes the whole image and runs tiles."""
 
-    def __init__(self, config: TrainConfig, names: list[str], router_size: int, scale: int, process: int = 0) -> None:
+    def __init__(
+        self, config: TrainConfig, names: list[str], router_size: int, scale: int, process: int = 0
+    ) -> None:
         self.config, self.names, self.process = config, names, process
         self.router_size, self.scale = router_size, scale
         self.pool = load_image_pool(config.images)
+        # Greyscale photos add content for the estimator only: in the SR stages they pulled
+        # the colours of the output towards grey (measured: a visible colour cast).
+        self.colour_pool = [p for p in self.pool if not is_grey(p)] or self.pool
         self._estimator_pool: tuple[torch.Tensor, torch.Tensor] | None = None
 
-    def _degraded(self, rng: np.random.Generator, hr_size: int, count: int) -> Batch:
+    def _degraded(self, rng: np.random.Generator, hr_size: int, count: int, colour: bool = True) -> Batch:
+        pool = self.colour_pool if colour else self.pool
         hr = torch.stack(
-            [random_crop(self.pool[int(rng.integers(len(self.pool)))], hr_size, rng) for _ in range(count)]
+            [random_crop(pool[int(rng.integers(len(pool)))], hr_size, rng) for _ in range(count)]
         )
         # Each image draws a severity band, so that the degradation kinds co-vary with an
         # overall difficulty the way evaluation and calibration sample them.
@@ -111,7 +117,8 @@ class TrainingData:
             parts = []
             for i in tqdm(range(0, c.estimator_pool, chunk), desc="estimator data", disable=not progress):
                 rng = np.random.default_rng([c.seed, 0, i, self.process])
-                parts.append(self._degraded(rng, self.router_size * self.scale, min(chunk, c.estimator_pool - i)))
+                size, count = self.router_size * self.scale, min(chunk, c.estimator_pool - i)
+                parts.append(self._degraded(rng, size, count, colour=False))
             self._estimator_pool = (torch.cat([b.lr for b in parts]), torch.cat([b.labels for b in parts]))
         return self._estimator_pool
 
@@ -130,9 +137,16 @@ class TrainingData:
             return self._degraded(rng, c.hr_size, c.batch_size)
         whole = self._degraded(rng, self.router_size * self.scale, c.mor_batch_size)
         side = c.mor_hr_size // self.scale
-        y, x = (int(v) for v in rng.integers(0, self.router_size - side + 1, size=2))
-        hr = whole.hr[..., y * self.scale : (y + side) * self.scale, x * self.scale : (x + side) * self.scale]
-        return Batch(whole.lr[..., y : y + side, x : x + side], hr, whole.labels, router_lr=whole.lr)
+        top, left = (int(v) for v in rng.integers(0, self.router_size - side + 1, size=2))
+        k = self.scale
+        hr = whole.hr[..., top * k : (top + side) * k, left * k : (left + side) * k]
+        return Batch(
+            whole.lr[..., top : top + side, left : left + side], hr, whole.labels, router_lr=whole.lr
+        )
+
+
+def is_grey(photo: np.ndarray) -> bool:
+    return bool((photo[..., 0] == photo[..., 1]).all() and (photo[..., 1] == photo[..., 2]).all())
 
 
 def load_image_pool(folder: str | None) -> list[np.ndarray]:

@@ -99,7 +99,7 @@ class Runtime(abc.ABC):
     def passes(self) -> int:
         return 0
 
-    def prepare(self, tiles: TileInputs) -> None:
+    def prepare(self, tiles: TileInputs) -> None:  # noqa: B027 (a deliberate no-op, not abstract)
         """Fixed graphs normalise each tile on its own statistics: nothing to gather."""
 
     def pipeline(self, lr: np.ndarray) -> PipelineResult:

@@ -36,9 +36,11 @@ def test_every_bucket_is_covered(tiny_model: MoRSR, calibration: CalibrationSet)
     assert report["buckets_total"] == 16
     assert report["buckets_covered"] == 16
     assert all(row["samples"] == 1 for row in report["buckets"])
-    # the random built-in model's scores fall in few buckets: most are covered by nearest draws
-    assert sum(row["natural"] for row in report["buckets"]) == 16
-    assert sum(row["pool_natural"] for row in report["buckets"]) == 64
+    # the built-in model's own scores reach only some buckets (photos are rarely degraded on
+    # every axis at once): the others are covered by the pool samples nearest their centres
+    reached = [row for row in report["buckets"] if row["pool_natural"] > 0]
+    assert len(reached) < 16
+    assert any(row["natural"] == 0 and row["samples"] == 1 for row in report["buckets"])
     experts = report["experts"]
     assert 0 < experts["min"] <= experts["mean"] <= 1
 

@@ -29,7 +29,9 @@ SMALL = dict(
 
 
 def small_data(config: TrainConfig, model: MoRSR) -> TrainingData:
-    return TrainingData(config, model.config.degradation_names, model.estimator.image_size, model.config.scale)
+    return TrainingData(
+        config, model.config.degradation_names, model.estimator.image_size, model.config.scale
+    )
 
 
 def hr_batch(n: int = 6, size: int = 64) -> torch.Tensor:
@@ -103,7 +105,9 @@ def test_a_few_steps_reduce_the_loss_and_touch_only_trainable_parameters(
     def loss() -> float:
         with torch.no_grad():
             return float(
-                np.mean([float(StageLoss(model, stage, 0.0)(b.lr, b.hr, b.labels, b.router_lr)[0]) for b in fixed])
+                np.mean(
+                    [float(StageLoss(model, stage, 0.0)(b.lr, b.hr, b.labels, b.router_lr)[0]) for b in fixed]
+                )
             )
 
     before_loss, before = loss(), _params(model)

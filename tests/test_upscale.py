@@ -19,10 +19,10 @@ from mor_edge.export.manifest import ArtifactError
 from PIL import Image
 
 from mor_edge.cli import main
+from mor_edge.global_norm import WholeImageNorm, owned_span, ownership
 from mor_edge.image_io import LoadedImage, PngBandWriter, load_image
 from mor_edge.model import MoRSR
 from mor_edge.photos import photos
-from mor_edge.global_norm import WholeImageNorm, owned_span, ownership
 from mor_edge.tiling import ReferenceEngine, TileInputs, collect, positions, router_input, upscale_tiled
 
 FAST = ["--tile", "16", "--overlap", "4"]
@@ -83,7 +83,9 @@ def test_positions_end_on_the_border() -> None:
 
 
 @pytest.mark.parametrize("layers_per_pass,floor", [(None, 30.0), (1, 45.0)])
-def test_tiled_reference_against_untiled(tiny_model: MoRSR, layers_per_pass: int | None, floor: float) -> None:
+def test_tiled_reference_against_untiled(
+    tiny_model: MoRSR, layers_per_pass: int | None, floor: float
+) -> None:
     """Seams, measured: tiled vs untiled output of the reference on a held-out photo. Tiles
     normalised on their own GroupNorm statistics differ from the whole image (measured 36-46
     dB on the built-in model); with whole-image statistics gathered exactly (one GroupNorm
