@@ -95,3 +95,18 @@ def test_upscale_unwritable_output(tmp_path: Path) -> None:
 def test_missing_model_folder(tmp_path: Path) -> None:
     code, out = run("info", str(tmp_path))
     assert code == 1 and "config.json is missing" in out
+
+
+def test_upscale_norm_whole(tmp_path: Path) -> None:
+    """--norm whole runs the reference tiled on whole-image GroupNorm statistics (a 40x40 LR
+    in 32-pixel tiles: 4 tiles); artifacts cannot, and say so in one line."""
+    src = write_photo(tmp_path / "in.png", w=40, h=40)
+    out = tmp_path / "out.png"
+    code, text = run("upscale", str(src), str(out), "--tile", "32", "--overlap", "8", "--norm", "whole")
+    assert code == 0, text
+    assert Image.open(out).size == (160, 160)
+    refused = tmp_path / "x.png"
+    code, text = run("upscale", str(src), str(refused), "--artifact", str(tmp_path), "--norm", "whole")
+    assert code == 1
+    assert text.strip() == "Error: --norm whole needs the PyTorch reference: artifacts have fixed graphs"
+    assert not refused.exists()

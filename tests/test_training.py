@@ -190,3 +190,21 @@ def test_evaluate_json_has_the_keys(tmp_path: Path) -> None:
     assert 0 < report["ssim_bicubic"] <= 1 and report["psnr_bicubic"] > 10
     for name in ("active_experts.png", "grid.png"):
         assert (tmp_path / name).stat().st_size > 1000
+
+
+def test_the_builtin_model_is_the_trained_one() -> None:
+    """Shipped as config + safetensors (no pickle), at most 20 MB, labelled as trained."""
+    from mor_edge.builtin import BUILTIN_DIR, builtin_model
+
+    files = sorted(p.name for p in BUILTIN_DIR.iterdir())
+    assert files == ["config.json", "model.safetensors"]
+    assert sum(p.stat().st_size for p in BUILTIN_DIR.iterdir()) <= 20 * 2**20
+    model = builtin_model()
+    assert "trained" in model.config.label and "untrained" not in model.config.label
+    # trained, not seeded-random: the estimator's scores separate a clean crop from a noisy one
+    clean = torch.full((1, 3, 64, 64), 0.5)
+    noisy = (clean + 0.15 * torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
+    with torch.no_grad():
+        s_clean, s_noisy = model.route(clean), model.route(noisy)
+    noise = model.config.degradation_names.index("noise")
+    assert s_noisy[0, noise] > s_clean[0, noise] + 0.2
