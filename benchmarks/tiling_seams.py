@@ -48,8 +48,8 @@ def main() -> None:
         for tile, overlap in SETTINGS:
             if tile >= max(img.height, img.width):
                 continue  # one tile: nothing to compare
-            for norm, layers in (("tile", None), ("whole", 1)):
-                engine = ReferenceEngine(model, norm_layers_per_pass=layers)
+            for norm in ("tile", "whole"):
+                engine = ReferenceEngine(model, whole_image_norm=norm == "whole")
                 start = time.perf_counter()
                 tiled = collect(upscale_tiled(img, engine, tile=tile, overlap=overlap, progress=False))
                 seconds = time.perf_counter() - start

@@ -175,7 +175,7 @@ def upscale(
     else:
         model = _load(model_dir)
         note = model.config.label
-        engine = ReferenceEngine(model, norm_layers_per_pass=1 if norm == "whole" else None)
+        engine = ReferenceEngine(model, whole_image_norm=norm == "whole")
         tile = tile or 128
     overlap = tile // 4 if overlap is None else overlap
     if overlap >= tile:

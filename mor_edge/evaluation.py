@@ -57,7 +57,7 @@ def bicubic(lr: torch.Tensor, scale: int) -> torch.Tensor:
 
 @torch.no_grad()
 def evaluate(
-    model: MoRSR, count: int = 90, seed: int = 1234, batch: int = 6
+    model: MoRSR, count: int, seed: int = 1234, batch: int = 6
 ) -> tuple[dict[str, Any], PairSet, torch.Tensor]:
     """Metrics on `count` seeded held-out pairs (severities cycling mild/moderate/severe).
     Returns the report, the pairs and the SR images."""

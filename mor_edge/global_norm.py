@@ -7,13 +7,12 @@ image pixel counted once (each tile owns the part of its overlaps nearest to it)
 lets the tiles run normalised with those whole-image statistics.
 
 A layer's statistics depend on every GroupNorm before it, so they are gathered in execution
-order: a pass over the tiles gathers the next `layers_per_pass` GroupNorms, with the earlier
-ones already fixed to their whole-image statistics, and stops each tile's forward there.
-With one layer per pass the statistics are exactly those of the untiled image (about L/2
-forwards per tile for L GroupNorms); more layers per pass cost fewer forwards, and the layers
-within one pass see per-tile statistics upstream. Memory stays bounded by the tile: the
-statistics are a few numbers per group. (Iterating whole passes to a fixed point instead
-diverged on the random model and lost quality on the trained one.)
+order: each pass over the tiles gathers the next GroupNorm, with the earlier ones already
+fixed to their whole-image statistics, and stops each tile's forward there. The statistics
+are then exactly those of the untiled image, for about L/2 forwards per tile (L GroupNorms).
+Memory stays bounded by the tile: the statistics are a few numbers per group. (Cheaper
+schemes lost quality: iterating whole passes to a fixed point diverged, and gathering several
+GroupNorms per pass mixed whole-image and per-tile statistics; see the README.)
 """
 
 from __future__ import annotations
@@ -65,7 +64,7 @@ class _Accumulator:
 
 
 class _StopForward(Exception):
-    """Raised after the last GroupNorm a pass gathers: the rest of the forward is not needed."""
+    """Raised after the GroupNorm a pass gathers: the rest of the forward is not needed."""
 
 
 class WholeImageNorm:
@@ -75,8 +74,8 @@ class WholeImageNorm:
     def __init__(self, model: nn.Module) -> None:
         self.norms = {name: m for name, m in model.named_modules() if isinstance(m, nn.GroupNorm)}
         self.fixed: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-        self._gathering: dict[str, _Accumulator] | None = None
-        self._stop_after: str | None = None
+        self._gathering: _Accumulator | None = None
+        self._gathering_name: str | None = None
         self._owned: torch.Tensor | None = None  # (h, w) ownership of the tile, LR grid
 
     def execution_order(self, forward: Callable[[], Any]) -> list[str]:
@@ -97,24 +96,20 @@ class WholeImageNorm:
         self,
         tiles: Callable[[], Iterable[tuple[torch.Tensor, Callable[[], Any]]]],
         order: list[str],
-        layers_per_pass: int = 1,
     ) -> None:
         """Whole-image statistics of every GroupNorm in `order`. `tiles()` yields each tile's
-        ownership map and a function running its forward; it is walked once per pass."""
-        if layers_per_pass < 1:
-            raise ValueError("layers_per_pass must be >= 1")
+        ownership map and a function running its forward; it is walked once per GroupNorm."""
         self.fixed = {}
         with self.active():
-            for first in range(0, len(order), layers_per_pass):
-                chunk = order[first : first + layers_per_pass]
-                self._gathering = {name: _Accumulator() for name in chunk}
-                self._stop_after = chunk[-1]
+            for name in order:
+                self._gathering = _Accumulator()
+                self._gathering_name = name
                 for owned, forward in tiles():
                     self._owned = owned.float()
                     with contextlib.suppress(_StopForward):
                         forward()
-                self.fixed.update({name: acc.moments() for name, acc in self._gathering.items()})
-            self._gathering = self._stop_after = None
+                self.fixed[name] = self._gathering.moments()
+            self._gathering = self._gathering_name = None
 
     @contextlib.contextmanager
     def active(self) -> Iterator[None]:
@@ -144,10 +139,9 @@ class WholeImageNorm:
         def forward(x: torch.Tensor) -> torch.Tensor:
             n, c = x.shape[:2]
             grouped = x.reshape(n, groups, c // groups, -1)
-            if self._gathering is not None and name in self._gathering:
-                self._gathering[name].add(grouped, self._weights(tuple(x.shape[2:])))
-                if name == self._stop_after:
-                    raise _StopForward
+            if self._gathering is not None and name == self._gathering_name:
+                self._gathering.add(grouped, self._weights(tuple(x.shape[2:])))
+                raise _StopForward
             if name not in self.fixed:
                 return F.group_norm(x, groups, norm.weight, norm.bias, eps)
             mean, var = self.fixed[name]

@@ -9,7 +9,7 @@ sees the whole image resized to its input size, so neighbouring tiles use the sa
 tile can touch them, so memory is bounded by a band of tiles, not by the image.
 
 An engine may first walk over every tile to gather whole-image statistics (`prepare`): the
-reference does, with `norm_passes` > 0, so that its GroupNorms normalise each tile with the
+reference does, with `whole_image_norm`, so that its GroupNorms normalise each tile with the
 statistics of the whole image (`mor_edge.global_norm`) and tiles match the untiled output.
 """
 
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -56,12 +55,12 @@ class TileEngine(Protocol):
 
 @dataclass
 class ReferenceEngine:
-    """The PyTorch reference behind the `TileEngine` interface. With `norm_layers_per_pass`
-    set, its GroupNorms run on whole-image statistics gathered over the tiles first
-    (`mor_edge.global_norm`: 1 is exact, larger is cheaper); None normalises each tile alone."""
+    """The PyTorch reference behind the `TileEngine` interface. With `whole_image_norm` its
+    GroupNorms run on whole-image statistics gathered over the tiles first
+    (`mor_edge.global_norm`); without, each tile is normalised alone."""
 
     model: MoRSR
-    norm_layers_per_pass: int | None = None
+    whole_image_norm: bool = False
     _norm: WholeImageNorm | None = field(default=None, init=False, repr=False)
     _order: list[str] = field(default_factory=list, init=False, repr=False)
 
@@ -92,14 +91,12 @@ class ReferenceEngine:
         return self._order
 
     def passes(self) -> int:
-        if self.norm_layers_per_pass is None:
-            return 0
-        return math.ceil(len(self._norm_order()) / self.norm_layers_per_pass)
+        return len(self._norm_order()) if self.whole_image_norm else 0
 
     @torch.no_grad()
     def prepare(self, tiles: TileInputs) -> None:
         self._norm = None
-        if self.norm_layers_per_pass is None:
+        if not self.whole_image_norm:
             return
         norm = WholeImageNorm(self.model)
 
@@ -108,7 +105,7 @@ class ReferenceEngine:
                 run = functools.partial(self.model, torch.from_numpy(lr), s=torch.from_numpy(s))
                 yield torch.from_numpy(owned), run
 
-        norm.gather(forwards, self._norm_order(), self.norm_layers_per_pass)
+        norm.gather(forwards, self._norm_order())
         self._norm = norm
 
 

@@ -259,7 +259,7 @@ class Trainer:
             model.config.scale,
             self.accelerator.process_index,
         )
-        self.state: dict[str, Any] = {"stage": STAGES[0], "step": 0, "batch": 0, "done": []}
+        self.state: dict[str, Any] = {"stage": STAGES[0], "step": 0, "done": []}
 
     # -- checkpoints ------------------------------------------------------------------
     def save_checkpoint(self, optimizer: torch.optim.Optimizer) -> None:
@@ -292,8 +292,8 @@ class Trainer:
         self.out.mkdir(parents=True, exist_ok=True)
         resumed = self.resume_state()
         if resumed is not None:
-            self.state = {k: resumed[k] for k in ("stage", "step", "batch", "done")}
-        torch.manual_seed(self.config.seed + self.state["batch"])
+            self.state = {k: resumed[k] for k in ("stage", "step", "done")}
+        torch.manual_seed(self.config.seed + self.state["step"])
         self.log(
             {
                 "event": "start",
@@ -348,7 +348,6 @@ class Trainer:
             self.accelerator.backward(loss)
             self.accelerator.clip_grad_norm_(params, 1.0)
             optimizer.step()
-            self.state["batch"] += 1
             self.state["step"] += 1
             self.state["stage_step"] = step + 1
             values = {k: float(v) for k, v in parts.items()}
