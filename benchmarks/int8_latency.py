@@ -152,7 +152,9 @@ def main() -> None:
     args = parser.parse_args()
     from mor_edge.runtimes.latency import machine
 
-    results: dict[str, Any] = {"machine": machine()}
+    # Rows of presets not run this time are kept (a tiny-only rerun must not drop sd21).
+    results: dict[str, Any] = json.loads(args.out.read_text()) if args.out.is_file() else {}
+    results["machine"] = machine()
     with tempfile.TemporaryDirectory() as tmp:
         if "tiny" in args.presets:
             results["tiny"] = tiny(Path(tmp), args.runs)

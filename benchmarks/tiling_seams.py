@@ -14,6 +14,7 @@ import json
 import math
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -39,7 +40,7 @@ def main() -> None:
     args = parser.parse_args()
     model = load_model(args.model)
     held_out = photos("eval")
-    rows = []
+    rows: list[dict[str, Any]] = []
     for name, (photo, ys, xs) in CROPS.items():
         img = LoadedImage(rgb=np.ascontiguousarray(held_out[photo][ys, xs]), alpha=None, path=Path(name))
         s = ReferenceEngine(model).route(router_input(img, model.estimator.image_size))

@@ -36,8 +36,11 @@ TileInputs = Callable[[], Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]]
 class TileEngine(Protocol):
     """What tiling needs from a model or a runtime."""
 
-    scale: int
-    router_size: int
+    @property
+    def scale(self) -> int: ...
+
+    @property
+    def router_size(self) -> int: ...
 
     def route(self, lr: np.ndarray) -> np.ndarray: ...
 

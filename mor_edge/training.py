@@ -4,7 +4,8 @@ Stages (each resumable, run in order, a stage with 0 steps is skipped):
 
 - ``estimator``: for presets without a real CLIP, the CLIP-form estimator learns to predict
   the sampled degradation labels through the prompt-pair score head (BCE on s), its text
-  embeddings learned. With real CLIP weights (``from_diffusers``) it is used zero-shot.
+  embeddings learned, on the training photos plus dead-leaves images (more content than a
+  few photos give). With real CLIP weights (``from_diffusers``) it is used zero-shot.
 - ``base``: presets without pretrained SD weights first learn a dense one-step SR model
   (VAE encoder, UNet, decoder), adapters off.
 - ``mor``: base frozen; the MoR adapters (A, B) and gates learn with L2 plus the
@@ -19,6 +20,7 @@ JSON state file: no pickle anywhere.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import time
@@ -34,6 +36,7 @@ from torch import nn
 from tqdm import tqdm
 
 from .data import random_crop
+from .dead_leaves import colour_palette, dead_leaves_images
 from .degradations import SEVERITIES, degrade
 from .model import MoRSR
 from .photos import photos
@@ -54,7 +57,8 @@ class TrainConfig:
     mor_batch_size: int = 8
     estimator_pool: int = 8000  # degraded images generated once for the estimator
     estimator_batch_size: int = 64
-    estimator_steps: int = 3000
+    dead_leaves: int = 64  # synthetic images added to the estimator's content (512x512 each)
+    estimator_steps: int = 4000
     base_steps: int = 3500
     mor_steps: int = 400
     lr: float = 2e-3
@@ -99,8 +103,8 @@ class TrainingData:
         self.colour_pool = [p for p in self.pool if not is_grey(p)] or self.pool
         self._estimator_pool: tuple[torch.Tensor, torch.Tensor] | None = None
 
-    def _degraded(self, rng: np.random.Generator, hr_size: int, count: int, colour: bool = True) -> Batch:
-        pool = self.colour_pool if colour else self.pool
+    def _degraded(self, rng: np.random.Generator, hr_size: int, count: int, estimator: bool = False) -> Batch:
+        pool = self.estimator_content() if estimator else self.colour_pool
         hr = torch.stack(
             [random_crop(pool[int(rng.integers(len(pool)))], hr_size, rng) for _ in range(count)]
         )
@@ -111,6 +115,13 @@ class TrainingData:
         labels = torch.tensor([[p.labels()[n] for n in self.names] for p in params], dtype=torch.float32)
         return Batch(lr, hr, labels)
 
+    @functools.cache  # noqa: B019 (one TrainingData per run)
+    def estimator_content(self) -> list[np.ndarray]:
+        """All photos plus dead-leaves images: the estimator's ranking on held-out photos was
+        limited by how little content it saw, not by its size."""
+        palette = colour_palette(self.colour_pool, per_image=3000, seed=self.config.seed)
+        return self.pool + dead_leaves_images(self.config.dead_leaves, 512, palette, self.config.seed)
+
     def estimator_pool(self, progress: bool) -> tuple[torch.Tensor, torch.Tensor]:
         if self._estimator_pool is None:
             c, chunk = self.config, 50
@@ -118,7 +129,7 @@ class TrainingData:
             for i in tqdm(range(0, c.estimator_pool, chunk), desc="estimator data", disable=not progress):
                 rng = np.random.default_rng([c.seed, 0, i, self.process])
                 size, count = self.router_size * self.scale, min(chunk, c.estimator_pool - i)
-                parts.append(self._degraded(rng, size, count, colour=False))
+                parts.append(self._degraded(rng, size, count, estimator=True))
             self._estimator_pool = (torch.cat([b.lr for b in parts]), torch.cat([b.labels for b in parts]))
         return self._estimator_pool
 
