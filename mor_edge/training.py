@@ -20,7 +20,6 @@ JSON state file: no pickle anywhere.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import math
 import time
@@ -101,6 +100,7 @@ class TrainingData:
         # Greyscale photos add content for the estimator only: in the SR stages they pulled
         # the colours of the output towards grey (measured: a visible colour cast).
         self.colour_pool = [p for p in self.pool if not is_grey(p)] or self.pool
+        self._estimator_content: list[np.ndarray] | None = None
         self._estimator_pool: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def _degraded(self, rng: np.random.Generator, hr_size: int, count: int, estimator: bool = False) -> Batch:
@@ -115,12 +115,14 @@ class TrainingData:
         labels = torch.tensor([[p.labels()[n] for n in self.names] for p in params], dtype=torch.float32)
         return Batch(lr, hr, labels)
 
-    @functools.cache  # noqa: B019 (one TrainingData per run)
     def estimator_content(self) -> list[np.ndarray]:
-        """All photos plus dead-leaves images: the estimator's ranking on held-out photos was
-        limited by how little content it saw, not by its size."""
-        palette = colour_palette(self.colour_pool, per_image=3000, seed=self.config.seed)
-        return self.pool + dead_leaves_images(self.config.dead_leaves, 512, palette, self.config.seed)
+        """All photos plus dead-leaves images (made on first use): the estimator's ranking on
+        held-out photos was limited by how little content it saw, not by its size."""
+        if self._estimator_content is None:
+            c = self.config
+            palette = colour_palette(self.colour_pool, per_image=3000, seed=c.seed)
+            self._estimator_content = self.pool + dead_leaves_images(c.dead_leaves, 512, palette, c.seed)
+        return self._estimator_content
 
     def estimator_pool(self, progress: bool) -> tuple[torch.Tensor, torch.Tensor]:
         if self._estimator_pool is None:
