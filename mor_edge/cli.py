@@ -122,8 +122,8 @@ samples_option = click.option(
     default="tile",
     show_default=True,
     help="GroupNorm statistics of the reference: each tile's own (fast), or the whole "
-    "image's, gathered exactly over the tiles first (no seams; about 25x slower on the built-in "
-    "model). Artifacts always normalise per tile.",
+    "image's, gathered exactly over the tiles first (no seams; about 29x slower on the built-in "
+    "model, measured). Artifacts always normalise per tile.",
 )
 @click.option(
     "--per-tile-routing",
