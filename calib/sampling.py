@@ -10,7 +10,6 @@ are captured by running the reference under its bucket's routing (static), its o
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,14 +18,12 @@ from tqdm import tqdm
 
 from mor_edge.data import degraded_pairs
 from mor_edge.errors import UserError
-from mor_edge.image_io import load_image
 from mor_edge.model import MoRSR, model_fingerprint
 from mor_edge.routing import Buckets, apply_routing, clear_routing
 
 from .calibration_set import FORMAT_VERSION, CalibrationSet
 
 CAPTURE_ROUTINGS = ("static", "dynamic", "base")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp")
 POOL_FACTOR = 4  # pool draws per calibration sample
 BATCH = 8
 
@@ -53,21 +50,6 @@ def stratified_choice(s: np.ndarray, centres: np.ndarray, count: int) -> tuple[l
             rows.append(row)
             owners.append(b)
     return rows, owners
-
-
-def folder_images(folder: str | Path) -> dict[str, np.ndarray]:
-    """RGB uint8 images of a folder (sorted by name); 16-bit images are reduced to 8 bits."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise UserError(f"{folder}: no such folder")
-    images = {}
-    for path in sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
-        loaded = load_image(path)
-        rgb = loaded.rgb if loaded.rgb.dtype == np.uint8 else (loaded.rgb >> 8).astype(np.uint8)
-        images[path.name] = rgb
-    if not images:
-        raise UserError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)})")
-    return images
 
 
 @torch.no_grad()

@@ -491,7 +491,8 @@ def calibrate(
     """Build an INT8 calibration set: degraded crops stratified so every static bucket gets
     samples, each stage's inputs captured from the reference, saved with its recipe."""
     from mor_edge.atomic import check_destination
-    from mor_edge.calib.sampling import build_calibration_set, coverage, folder_images
+    from mor_edge.calib.sampling import build_calibration_set, coverage
+    from mor_edge.image_io import folder_images
 
     check_destination(Path(out), force)
     model = _load(model_dir)
@@ -637,11 +638,11 @@ def train(
     if hr_size is not None and hr_size % 32:
         raise UserError("--hr-size must be a multiple of 32")
     config = TrainConfig(seed=seed, images=images, **overrides)
+    if images is not None and not Path(images).is_dir():
+        raise UserError(f"{images}: no such folder")
     run = Path(out)
     if fresh and run.exists():
         shutil.rmtree(run)
-    if images is not None and not Path(images).is_dir():
-        raise UserError(f"{images}: no such folder")
     if (run / "checkpoint" / "config.json").is_file():
         model = MoRSR.from_pretrained(run / "checkpoint")
         click.echo(f"resuming from {run / 'checkpoint'}")

@@ -38,6 +38,7 @@ OUTPUT_FORMATS = {
 ALPHA_FORMATS = ("PNG", "WEBP", "TIFF")
 MAX_PIXELS = 50_000_000  # input limit: guards against decompression bombs and absurd sizes
 SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp")
 # What Pillow's decoders raise on damaged files (OSError covers truncation and codec errors).
 DECODE_ERRORS = (OSError, SyntaxError, ValueError, struct.error, zlib.error, EOFError, IndexError, TypeError)
 
@@ -138,6 +139,21 @@ def load_image(path: str | Path) -> LoadedImage:
     except DECODE_ERRORS as exc:
         raise UserError(f"{path}: unreadable image ({exc})") from None
     return LoadedImage(rgb=rgb, alpha=alpha, path=path)
+
+
+def folder_images(folder: str | Path) -> dict[str, np.ndarray]:
+    """RGB uint8 images of a folder (sorted by name); 16-bit images are reduced to 8 bits."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UserError(f"{folder}: no such folder")
+    images = {}
+    for path in sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
+        loaded = load_image(path)
+        rgb = loaded.rgb if loaded.rgb.dtype == np.uint8 else (loaded.rgb >> 8).astype(np.uint8)
+        images[path.name] = rgb
+    if not images:
+        raise UserError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)})")
+    return images
 
 
 # -- output -----------------------------------------------------------------------------

@@ -66,6 +66,7 @@ class ReferenceEngine:
     whole_image_norm: bool = False
     _norm: WholeImageNorm | None = field(default=None, init=False, repr=False)
     _order: list[str] = field(default_factory=list, init=False, repr=False)
+    _gathered: bool = field(default=False, init=False, repr=False)
 
     @property
     def scale(self) -> int:
@@ -81,35 +82,39 @@ class ReferenceEngine:
 
     @torch.no_grad()
     def run(self, lr: np.ndarray, s: np.ndarray) -> np.ndarray:
-        with self._norm.active() if self._norm else contextlib.nullcontext():
+        with self._norm.active() if self._norm and self._gathered else contextlib.nullcontext():
             return self.model(torch.from_numpy(lr), s=torch.from_numpy(s)).numpy()
 
-    def _norm_order(self) -> list[str]:
-        if not self._order:
+    def _whole_norm(self) -> WholeImageNorm:
+        """One GroupNorm swapper for the engine's life, with the order the forward calls them."""
+        if self._norm is None:
+            self._norm = WholeImageNorm(self.model)
             size = self.router_size
             probe = torch.zeros(1, 3, size, size)
-            norm = WholeImageNorm(self.model)
             with torch.no_grad():
-                self._order = norm.execution_order(lambda: self.model(probe, s=self.model.route(probe)))
-        return self._order
+                self._order = self._norm.execution_order(lambda: self.model(probe, s=self.model.route(probe)))
+        return self._norm
 
     def passes(self) -> int:
-        return len(self._norm_order()) if self.whole_image_norm else 0
+        if not self.whole_image_norm:
+            return 0
+        self._whole_norm()
+        return len(self._order)
 
     @torch.no_grad()
     def prepare(self, tiles: TileInputs) -> None:
-        self._norm = None
+        self._gathered = False
         if not self.whole_image_norm:
             return
-        norm = WholeImageNorm(self.model)
+        norm = self._whole_norm()
 
         def forwards() -> Iterator[tuple[torch.Tensor, Callable[[], Any]]]:
             for lr, s, owned in tiles():
                 run = functools.partial(self.model, torch.from_numpy(lr), s=torch.from_numpy(s))
                 yield torch.from_numpy(owned), run
 
-        norm.gather(forwards, self._norm_order())
-        self._norm = norm
+        norm.gather(forwards, self._order)
+        self._gathered = True
 
 
 def positions(length: int, tile: int, overlap: int) -> list[int]:

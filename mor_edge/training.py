@@ -37,6 +37,7 @@ from tqdm import tqdm
 from .data import random_crop
 from .dead_leaves import colour_palette, dead_leaves_images
 from .degradations import SEVERITIES, degrade
+from .image_io import folder_images
 from .model import MoRSR
 from .photos import photos
 from .routing import load_balancing_loss, routing_stats
@@ -163,14 +164,10 @@ def is_grey(photo: np.ndarray) -> bool:
 
 
 def load_image_pool(folder: str | None) -> list[np.ndarray]:
+    """The built-in training photos, or every image of `folder` (one-line errors for bad files)."""
     if folder is None:
         return list(photos("train").values())
-    from PIL import Image
-
-    paths = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
-    if not paths:
-        raise FileNotFoundError(f"no PNG or JPEG images in {folder}")
-    return [np.asarray(Image.open(p).convert("RGB")) for p in paths]
+    return list(folder_images(folder).values())
 
 
 def trainable(model: MoRSR, stage: str) -> list[nn.Parameter]:

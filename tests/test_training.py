@@ -243,3 +243,29 @@ def test_the_builtin_model_is_the_trained_one() -> None:
     labels = [p.labels() for p in pairs.params]
     for k, name in enumerate(model.config.degradation_names[:3]):
         assert spearmanr(s[:, k], [lab[name] for lab in labels]).statistic > 0.55, name
+
+
+def test_train_on_an_image_folder_and_refuse_bad_ones(tmp_path: Path) -> None:
+    """`--images` crops from the user's photos (16-bit ones reduced to 8 bits); an empty
+    folder or a damaged file is a one-line error and leaves no run folder behind."""
+    from PIL import Image
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)).save(photos / "a.png")
+    Image.fromarray(rng.integers(0, 65536, (48, 40), dtype=np.uint16)).save(photos / "b.png")
+    pool = training.load_image_pool(str(photos))
+    assert [p.shape for p in pool] == [(40, 50, 3), (48, 40, 3)] and all(p.dtype == np.uint8 for p in pool)
+    model = initial_model("tiny", 0)
+    batch = small_data(TrainConfig(**SMALL, images=str(photos)), model).batch("base", 0)
+    assert batch.hr.shape == (2, 3, 32, 32)
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (photos / "c.jpg").write_bytes(b"not a jpeg")
+    for folder, message in ((empty, "no images"), (photos, "c.jpg")):
+        out = tmp_path / f"run-{folder.name}"
+        result = CliRunner().invoke(main, ["train", "--images", str(folder), "--out", str(out)])
+        assert result.exit_code == 1 and message in result.output, result.output
+        assert "Traceback" not in result.output and not out.exists()
