@@ -676,6 +676,13 @@ def train(
 )
 @click.option("--seed", type=int, default=1234, show_default=True)
 @click.option(
+    "--photos",
+    "photos_dir",
+    type=click.Path(file_okay=False),
+    help="Folder of HR photos to crop and degrade (e.g. the validation set of a dataset you "
+    "trained on with `train --images`); default: the built-in held-out photos.",
+)
+@click.option(
     "--out",
     type=click.Path(file_okay=False),
     default="out/evaluate",
@@ -684,15 +691,20 @@ def train(
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @user_errors
-def evaluate(model_dir: str | None, count: int, seed: int, out: str, as_json: bool) -> None:
+def evaluate(
+    model_dir: str | None, count: int, seed: int, photos_dir: str | None, out: str, as_json: bool
+) -> None:
     """Evaluate MODEL_DIR (default: built-in) on held-out photos: PSNR/SSIM (Y, border cropped)
     against bicubic, Spearman of each score with its degradation, active experts by severity.
     Writes active_experts.png and grid.png to --out."""
     from .evaluation import evaluate as run_evaluate
     from .evaluation import plot_active_experts, save_grid
+    from .image_io import folder_images
 
     model = _load(model_dir)
-    report, pairs, sr = run_evaluate(model, count=count, seed=seed)
+    photos = list(folder_images(photos_dir).values()) if photos_dir else None
+    report, pairs, sr = run_evaluate(model, count=count, seed=seed, photos=photos)
+    report["photos"] = photos_dir or "built-in held-out (china, motorcycle)"
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
     plot_active_experts(report, folder / "active_experts.png")
@@ -703,10 +715,12 @@ def evaluate(model_dir: str | None, count: int, seed: int, out: str, as_json: bo
         click.echo(json.dumps({k: v for k, v in report.items() if k not in per_image}, indent=2))
         return
     click.echo(f"model {model.config.name} {model.config.label}".rstrip())
+    click.echo(f"photos: {report['photos']}, {count} degraded crops (seed {seed})")
     click.echo(f"PSNR-Y  SR {report['psnr_sr']:.2f} dB   bicubic {report['psnr_bicubic']:.2f} dB")
     click.echo(f"SSIM-Y  SR {report['ssim_sr']:.4f}     bicubic {report['ssim_bicubic']:.4f}")
     click.echo(
-        "Spearman(score, degradation): " + ", ".join(f"{k} {v:.2f}" for k, v in report["spearman"].items())
+        "Spearman(score, degradation): "
+        + ", ".join(f"{k} {'n/a' if v is None else f'{v:.2f}'}" for k, v in report["spearman"].items())
     )
     click.echo(
         "active routed experts: "

@@ -55,14 +55,26 @@ def bicubic(lr: torch.Tensor, scale: int) -> torch.Tensor:
     return F.interpolate(lr, scale_factor=scale, mode="bicubic", align_corners=False).clamp(0, 1)
 
 
+def rank_correlation(scores: np.ndarray, labels: list[float]) -> float | None:
+    """Spearman's rho, or None (JSON null) where a side is constant, as a few images can be."""
+    if np.ptp(scores) == 0 or np.ptp(labels) == 0:
+        return None
+    return float(spearmanr(scores, labels).statistic)
+
+
 @torch.no_grad()
 def evaluate(
-    model: MoRSR, count: int, seed: int = 1234, batch: int = 6
+    model: MoRSR,
+    count: int,
+    seed: int = 1234,
+    batch: int = 6,
+    photos: list[np.ndarray] | None = None,
 ) -> tuple[dict[str, Any], PairSet, torch.Tensor]:
-    """Metrics on `count` seeded held-out pairs (severities cycling mild/moderate/severe).
-    Returns the report, the pairs and the SR images."""
+    """Metrics on `count` seeded pairs (severities cycling mild/moderate/severe) cropped from
+    `photos` ((H, W, 3) uint8), by default the built-in held-out ones. Returns the report,
+    the pairs and the SR images."""
     model.eval()
-    pairs = degraded_pairs(model.config.sr_size, count, seed)
+    pairs = degraded_pairs(model.config.sr_size, count, seed, pool=photos)
     scale = model.config.scale
     srs, scores, active = [], [], []
     for i in range(0, count, batch):
@@ -86,7 +98,7 @@ def evaluate(
     }
     labels = [p.labels() for p in pairs.params]
     report["spearman"] = {
-        name: float(spearmanr(s_all[:, k], [lab[name] for lab in labels]).statistic)
+        name: rank_correlation(s_all[:, k], [lab[name] for lab in labels])
         for k, name in enumerate(model.config.degradation_names)
         if name in labels[0]
     }

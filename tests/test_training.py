@@ -227,6 +227,29 @@ def test_evaluate_json_has_the_keys(tmp_path: Path) -> None:
         assert (tmp_path / name).stat().st_size > 1000
 
 
+def test_evaluate_on_a_photo_folder(tmp_path: Path) -> None:
+    """--photos crops the folder's images like the built-in held-out ones: a folder holding
+    those photos (name order kept) reproduces the default report."""
+    from PIL import Image
+
+    from mor_edge.photos import photos
+
+    folder = tmp_path / "held-out"
+    folder.mkdir()
+    for name, photo in photos("eval").items():
+        Image.fromarray(photo).save(folder / f"{name}.png")
+    args = ["evaluate", "--images", "3", "--json", "--out", str(tmp_path / "out")]
+    default = json.loads(CliRunner().invoke(main, args).output)
+    result = CliRunner().invoke(main, [*args, "--photos", str(folder)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output, parse_constant=lambda c: pytest.fail(f"{c} is not JSON"))
+    assert report["photos"] == str(folder) and default["photos"].startswith("built-in")
+    for key in ("psnr_sr", "psnr_bicubic", "ssim_sr", "active_experts_by_severity"):
+        assert report[key] == default[key], key
+    missing = CliRunner().invoke(main, [*args, "--photos", str(tmp_path / "none")])
+    assert missing.exit_code == 1 and "no such folder" in missing.output
+
+
 def test_the_builtin_model_is_the_trained_one() -> None:
     """Shipped as config + safetensors (no pickle), at most 20 MB, labelled as trained."""
     from mor_edge.builtin import BUILTIN_DIR, builtin_model
