@@ -700,11 +700,12 @@ def evaluate(
     from .evaluation import evaluate as run_evaluate
     from .evaluation import plot_active_experts, save_grid
     from .image_io import folder_images
+    from .photos import photos as builtin_photos
 
     model = _load(model_dir)
     photos = list(folder_images(photos_dir).values()) if photos_dir else None
     report, pairs, sr = run_evaluate(model, count=count, seed=seed, photos=photos)
-    report["photos"] = photos_dir or "built-in held-out (china, motorcycle)"
+    report["photos"] = photos_dir or f"built-in held-out ({', '.join(builtin_photos('eval'))})"
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
     plot_active_experts(report, folder / "active_experts.png")

@@ -66,7 +66,6 @@ class ReferenceEngine:
     whole_image_norm: bool = False
     _norm: WholeImageNorm | None = field(default=None, init=False, repr=False)
     _order: list[str] = field(default_factory=list, init=False, repr=False)
-    _gathered: bool = field(default=False, init=False, repr=False)
 
     @property
     def scale(self) -> int:
@@ -82,7 +81,7 @@ class ReferenceEngine:
 
     @torch.no_grad()
     def run(self, lr: np.ndarray, s: np.ndarray) -> np.ndarray:
-        with self._norm.active() if self._norm and self._gathered else contextlib.nullcontext():
+        with self._norm.active() if self._norm else contextlib.nullcontext():
             return self.model(torch.from_numpy(lr), s=torch.from_numpy(s)).numpy()
 
     def _whole_norm(self) -> WholeImageNorm:
@@ -103,7 +102,6 @@ class ReferenceEngine:
 
     @torch.no_grad()
     def prepare(self, tiles: TileInputs) -> None:
-        self._gathered = False
         if not self.whole_image_norm:
             return
         norm = self._whole_norm()
@@ -114,7 +112,6 @@ class ReferenceEngine:
                 yield torch.from_numpy(owned), run
 
         norm.gather(forwards, self._order)
-        self._gathered = True
 
 
 def positions(length: int, tile: int, overlap: int) -> list[int]:
