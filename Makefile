@@ -6,7 +6,11 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 OUT ?= out
 
-.PHONY: install demo test lint clean
+# Debian packages with real photographs (training and evaluation; see mor_edge/photos.py).
+PHOTO_PACKAGES := mate-backgrounds lomiri-wallpapers-16.04 lomiri-wallpapers-20.04
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: install demo test lint clean photos
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,11 +22,17 @@ $(BIN)/.installed: pyproject.toml
 
 install: $(BIN)/.installed
 
+photos:
+	$(SUDO) apt-get update -q
+	$(SUDO) apt-get install -y -q --no-install-recommends $(PHOTO_PACKAGES)
+
 demo: install
 	mkdir -p $(OUT)
 	$(BIN)/mor-edge export --target onnx --out $(OUT)/tiny-onnx-static-fp32 --force
 	$(BIN)/python -c "from skimage import data; from PIL import Image; Image.fromarray(data.chelsea()[40:296:4, 150:406:4]).save('$(OUT)/demo_lr.png')"
 	$(BIN)/mor-edge upscale $(OUT)/demo_lr.png $(OUT)/demo_sr.png --artifact $(OUT)/tiny-onnx-static-fp32
+	$(BIN)/python -c "from PIL import Image; im = Image.open('$(OUT)/demo_lr.png'); im.resize((4 * im.width, 4 * im.height), Image.Resampling.BICUBIC).save('$(OUT)/demo_bicubic.png')"
+	@echo "compare $(OUT)/demo_sr.png with $(OUT)/demo_bicubic.png"
 
 lint: install
 	$(BIN)/ruff check .

@@ -68,7 +68,7 @@ def eager(preset: str, warmup: int, runs: int) -> dict[str, dict[str, float]]:
         "router": time_call(lambda: model.route(lr), warmup, runs),
         "encoder": time_call(lambda: model.encode(model.upsample(lr), s), warmup, runs),
         "unet": time_call(lambda: model.denoise(z, s), warmup, runs),
-        "decoder": time_call(lambda: model.decode(x0), warmup, runs),
+        "decoder": time_call(lambda: model.decode(x0, lr), warmup, runs),
         "end_to_end": time_call(lambda: model(lr), warmup, runs),
     }
 

@@ -8,6 +8,7 @@ atomically and refused for a model or bucket grid other than the one it was made
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -64,10 +65,10 @@ class CalibrationSet:
             )
 
     def stage_inputs(
-        self, stage: str, routing: str, buckets: list[int] | None = None
+        self, stage: str, routing: str, names: Sequence[str], buckets: list[int] | None = None
     ) -> list[dict[str, np.ndarray]]:
-        """Inputs of `stage` (batch 1 each), named as the exported graph names them; for a
-        static variant only the samples that calibrate its `buckets`."""
+        """Inputs of `stage` (batch 1 each) for the graph inputs `names`; for a static
+        variant only the samples that calibrate its `buckets`."""
         if stage not in CALIBRATED_STAGES:
             raise ValueError(f"no calibration inputs for stage {stage!r}")
         rows = [i for i in range(len(self)) if buckets is None or int(self.bucket[i]) in buckets]
@@ -76,9 +77,9 @@ class CalibrationSet:
         named = {
             "encoder": {"lr": self.lr, **dynamic},
             "unet": {"latent": tensors["latent"], **dynamic},
-            "decoder": {"x0": tensors["x0"]},
+            "decoder": {"x0": tensors["x0"], "lr": self.lr},
         }[stage]
-        return [{k: v[i : i + 1].numpy() for k, v in named.items()} for i in rows]
+        return [{k: named[k][i : i + 1].numpy() for k in names} for i in rows]
 
     def save(self, folder: str | Path, force: bool = False) -> Path:
         tensors = {

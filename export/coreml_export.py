@@ -135,7 +135,7 @@ class CoreMLTarget:
                 minimum_deployment_target=getattr(ct.target, deployment or self.deployment_target),
                 compute_precision=ct.precision.FLOAT32 if precision == "fp32" else ct.precision.FLOAT16,
             )
-            model = compress(model, precision, self._samples(spec.name) if precision == "w8a8" else None)
+            model = compress(model, precision, self._samples(spec) if precision == "w8a8" else None)
         model.save(str(path))
         check_io(path, spec)
         self.reports[path.name] = {
@@ -148,14 +148,15 @@ class CoreMLTarget:
             raise RuntimeError(f"{path.name}: converted weights differ from PyTorch: {bad[:5]}")
         return [path]
 
-    def _samples(self, stage: str) -> list[dict[str, np.ndarray]]:
+    def _samples(self, spec: StageSpec) -> list[dict[str, np.ndarray]]:
         """A stage's calibration inputs (all buckets: activation ranges are shared by every
         function of a stage), as coremltools' sample data."""
         from mor_edge.calib.feeders import coreml_sample_data
 
         if self.calibration is None:
             return []
-        return coreml_sample_data(self.calibration.stage_inputs(stage, self.routing))
+        names = [t.name for t in spec.inputs]
+        return coreml_sample_data(self.calibration.stage_inputs(spec.name, self.routing, names))
 
     def combine_variants(self, paths: list[Path], out: Path, functions: list[str]) -> None:
         """One multifunction package from single-function ones (identical weights stored once)."""

@@ -174,7 +174,7 @@ class _Quantization:
             self.target.compress_weights(source, path, self.plans[stage][0])  # type: ignore[attr-defined]
             return self.target.finish(path, spec)
         assert self.calibration is not None
-        samples = self.calibration.stage_inputs(stage, self.routing, buckets)
+        samples = self.calibration.stage_inputs(stage, self.routing, [t.name for t in spec.inputs], buckets)
         if not samples:
             raise UserError(f"the calibration set has no samples for {stage} buckets {buckets}")
         if stage not in self.plans:
@@ -317,6 +317,13 @@ def export(
             },
             "calibration": _calibration_summary(calibration) if precision in ("int8", "w8a8") else None,
             "scale": model.config.scale,
+            "colour": {
+                "fix": model.config.colour_fix,
+                "levels": model.config.colour_levels,
+                "residual": model.config.residual,
+                "where": "in the decoder stage's graph (input lr)" if model.config.decoder_takes_lr else None,
+                "tile_margin": model.config.colour_margin,
+            },
             "stages": stages,
             "sizes_bytes": {p.name: size_bytes(p) for p in sorted(tmp.iterdir())},
         }

@@ -4,10 +4,11 @@ the target's quantizer.
 What stays in floating point, always: the router stage (the exporter never quantizes it),
 and inside a stage every node that reads a tensor computed from `s` (the gate, TopK and the
 gathered LoRA branch of dynamic routing) or that does not depend on the image at all
-(constant subgraphs such as the baked-in time embedding). On top of that, layer groups are
-kept in float by policy: `default` keeps each stage's first and last convolutions
-(`conv_in`, `conv_out`); `auto` measures every group (stage PSNR with only that group
-quantized, against the float graph) and also keeps those below `AUTO_THRESHOLD_DB`.
+(constant subgraphs such as the baked-in time embedding), and the decoder's colour step.
+On top of that, layer groups are kept in float by policy: `default` keeps each stage's first
+and last convolutions (`conv_in`, `conv_out`); `auto` measures every group (stage PSNR with
+only that group quantized, against the float graph) and also keeps those below
+`AUTO_THRESHOLD_DB`.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ Sample = dict[str, np.ndarray]
 QUANTIZED_OPS = ("Conv", "MatMul", "Gemm")
 KEEP_FLOAT_POLICIES = ("default", "auto", "none")
 DEFAULT_KEEP_FLOAT = re.compile(r"(^|/)(conv_in|conv_out)(/|$)")
+# The colour step (a fixed low-pass that sets the output's colours) is never quantized.
+ALWAYS_FLOAT = re.compile(r"(^|/)colour(/|$)")
 AUTO_THRESHOLD_DB = 40.0
 
 
@@ -54,7 +57,7 @@ def float_only_nodes(graph: onnx.GraphProto, routing_inputs: Iterable[str] = ("s
             image.update(node.output)
         elif reads_routing:
             routing.update(node.output)
-        if reads_routing or not reads_image:
+        if reads_routing or not reads_image or ALWAYS_FLOAT.search(node.name):
             keep.add(node.name)
     return keep
 

@@ -4,7 +4,7 @@ Stages (batch 1, fixed shapes from the model config):
   router   lr (1,3,h,w)                      -> s (1,K)
   encoder  lr (1,3,h,w) [+ s in dynamic mode] -> latent (1,C,H/f,W/f)   (bicubic upsample in-graph)
   unet     latent [+ s in dynamic mode]       -> x0 (1,C,H/f,W/f)
-  decoder  x0                                 -> image (1,3,H,W) in [0, 1]
+  decoder  x0 [+ lr: colour step, residual]   -> image (1,3,H,W) in [0, 1]
 """
 
 from __future__ import annotations
@@ -70,7 +70,9 @@ def stage_specs(model: MoRSR, routing: str) -> dict[str, StageSpec]:
         "encoder": StageSpec("encoder", (lr, *extra), (TensorSpec("latent", latent),)),
         "unet": StageSpec("unet", (TensorSpec("latent", latent), *extra), (TensorSpec("x0", latent),)),
         "decoder": StageSpec(
-            "decoder", (TensorSpec("x0", latent),), (TensorSpec("image", (1, 3, c.sr_size, c.sr_size)),)
+            "decoder",
+            (TensorSpec("x0", latent), *((lr,) if c.decoder_takes_lr else ())),
+            (TensorSpec("image", (1, 3, c.sr_size, c.sr_size)),),
         ),
     }
 
@@ -98,4 +100,4 @@ class StageModule(nn.Module):
             return m.encode(m.upsample(inputs[0]), s, form=self.form)
         if self.stage == "unet":
             return m.denoise(inputs[0], s, form=self.form)
-        return m.decode(inputs[0])
+        return m.decode(inputs[0], inputs[1] if len(inputs) > 1 else None)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import platform
 from collections.abc import Callable
 from pathlib import Path
@@ -624,7 +625,7 @@ def train(
     from .model import MoRSR
     from .training import TrainConfig, Trainer, initial_model
 
-    overrides = {
+    overrides: dict[str, Any] = {
         k: v
         for k, v in dict(
             estimator_steps=estimator_steps,
@@ -689,36 +690,66 @@ def train(
     show_default=True,
     help="Where the plot and the image grid go.",
 )
+@click.option(
+    "--lr-only",
+    is_flag=True,
+    help="Treat the photos as real LR images without HR: crops are upscaled, brought back to "
+    "the LR grid and compared in colour (CIEDE2000) with the input, against bicubic.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @user_errors
 def evaluate(
-    model_dir: str | None, count: int, seed: int, photos_dir: str | None, out: str, as_json: bool
+    model_dir: str | None,
+    count: int,
+    seed: int,
+    photos_dir: str | None,
+    out: str,
+    lr_only: bool,
+    as_json: bool,
 ) -> None:
-    """Evaluate MODEL_DIR (default: built-in) on held-out photos: PSNR/SSIM (Y, border cropped)
-    against bicubic, Spearman of each score with its degradation, active experts by severity.
-    Writes active_experts.png and grid.png to --out."""
+    """Evaluate MODEL_DIR (default: built-in) on held-out photos: per severity, PSNR-Y and
+    SSIM-Y (border cropped) and CIEDE2000 colour difference against HR for SR and bicubic, the
+    colour difference of SR brought back to the LR grid against the input, Spearman of each
+    score with its degradation, active experts by severity. Writes active_experts.png and
+    grid.png to --out (grid.png only with --lr-only)."""
     from .evaluation import evaluate as run_evaluate
-    from .evaluation import plot_active_experts, save_grid
+    from .evaluation import evaluate_lr_only, plot_active_experts, save_grid
     from .image_io import folder_images
-    from .photos import photos as builtin_photos
+    from .photos import evaluation_photos
 
     model = _load(model_dir)
-    photos = list(folder_images(photos_dir).values()) if photos_dir else None
-    report, pairs, sr = run_evaluate(model, count=count, seed=seed, photos=photos)
-    report["photos"] = photos_dir or f"built-in held-out ({', '.join(builtin_photos('eval'))})"
     folder = Path(out)
-    folder.mkdir(parents=True, exist_ok=True)
+    _check_writable_folder(folder)
+    named = folder_images(photos_dir) if photos_dir else evaluation_photos()
+    photos = list(named.values())
+    source = photos_dir or f"held-out ({', '.join(named)})"
+    if lr_only:
+        report, lr, sr = evaluate_lr_only(model, photos, count=count, seed=seed)
+        report["photos"] = source
+        save_grid(lr, sr, model.config.scale, folder / "grid.png")
+        report["plots"] = {"grid": str(folder / "grid.png")}
+        if as_json:
+            click.echo(json.dumps(report, indent=2))
+            return
+        click.echo(f"photos: {source}, {count} LR crops (seed {seed})")
+        click.echo(
+            f"CIEDE2000 of the x{model.config.scale} round trip against the input: "
+            f"SR {report['ciede_sr_vs_lr']:.2f}   bicubic {report['ciede_bicubic_vs_lr']:.2f}"
+        )
+        click.echo(f"grid: {folder / 'grid.png'}")
+        return
+    report, pairs, sr = run_evaluate(model, count=count, seed=seed, photos=photos)
+    report["photos"] = source
     plot_active_experts(report, folder / "active_experts.png")
-    save_grid(pairs, sr, model.config.scale, folder / "grid.png")
+    save_grid(pairs.lr, sr, model.config.scale, folder / "grid.png", hr=pairs.hr, labels=pairs.severities)
     report["plots"] = {"active_experts": str(folder / "active_experts.png"), "grid": str(folder / "grid.png")}
     if as_json:
         per_image = [k for k in report if k.endswith("per_image")] + ["severities"]
         click.echo(json.dumps({k: v for k, v in report.items() if k not in per_image}, indent=2))
         return
     click.echo(f"model {model.config.name} {model.config.label}".rstrip())
-    click.echo(f"photos: {report['photos']}, {count} degraded crops (seed {seed})")
-    click.echo(f"PSNR-Y  SR {report['psnr_sr']:.2f} dB   bicubic {report['psnr_bicubic']:.2f} dB")
-    click.echo(f"SSIM-Y  SR {report['ssim_sr']:.4f}     bicubic {report['ssim_bicubic']:.4f}")
+    click.echo(f"photos: {source}, {count} degraded crops (seed {seed})")
+    click.echo(_quality_table(report))
     click.echo(
         "Spearman(score, degradation): "
         + ", ".join(f"{k} {'n/a' if v is None else f'{v:.2f}'}" for k, v in report["spearman"].items())
@@ -728,3 +759,31 @@ def evaluate(
         + ", ".join(f"{k} {v:.2f}" for k, v in report["active_experts_by_severity"].items())
     )
     click.echo(f"plots: {folder / 'active_experts.png'}, {folder / 'grid.png'}")
+
+
+def _check_writable_folder(folder: Path) -> None:
+    """Create `folder` (and parents) now, so that an unwritable place fails before the work."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"{folder}: cannot create the output folder ({exc.strerror})") from None
+    if not os.access(folder, os.W_OK):
+        raise UserError(f"{folder}: output folder is not writable")
+
+
+def _quality_table(report: dict[str, Any]) -> str:
+    """Per severity and overall: PSNR-Y, SSIM-Y, CIEDE2000 vs HR, CIEDE2000 vs LR (SR / bicubic)."""
+    rows = [("", "PSNR-Y dB", "SSIM-Y", "CIEDE2000 vs HR", "CIEDE2000 vs LR")]
+    for name, m in [*report["by_severity"].items(), ("all", report)]:
+        rows.append(
+            (
+                name,
+                f"{m['psnr_sr']:.2f} / {m['psnr_bicubic']:.2f}",
+                f"{m['ssim_sr']:.3f} / {m['ssim_bicubic']:.3f}",
+                f"{m['ciede_sr']:.2f} / {m['ciede_bicubic']:.2f}",
+                f"{m['ciede_sr_vs_lr']:.2f} / {m['ciede_bicubic_vs_lr']:.2f}",
+            )
+        )
+    widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)) for r in rows]
+    return "\n".join([*lines, "(SR / bicubic)"])

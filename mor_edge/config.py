@@ -43,6 +43,15 @@ ENCODER_TARGET_MODULES: tuple[str, ...] = (
     "to_out.0",
 )
 
+COLOUR_FIXES = ("wavelet", "adain", "none")  # see mor_edge.colour
+
+
+def support(levels: int) -> int:
+    """How far (pixels) an output pixel of the wavelet colour step reaches into its neighbours:
+    a-trous levels of a 3x3 blur with dilations 1, 2, 4, ..."""
+    return 2**levels - 1
+
+
 # CLIP-IQA style antonym prompt pairs: (positive, negative, short name). The score of a
 # pair is the probability of the negative prompt, so higher means more degraded.
 DEFAULT_PROMPT_PAIRS: tuple[tuple[str, str, str], ...] = (
@@ -118,6 +127,12 @@ class MoRSRConfig:
     num_train_timesteps: int = 1000
     prediction_type: str = "epsilon"
     seed: int = 0
+    # Colour alignment of the SR image to the bicubic-upsampled input (`mor_edge.colour`).
+    colour_fix: str = "wavelet"
+    colour_levels: int = 2
+    # The decoder's output as a residual on the bicubic-upsampled input (the built-in model;
+    # off for the SD presets, whose decoder makes the whole image).
+    residual: bool = False
 
     def __post_init__(self) -> None:
         self.prompt_pairs = tuple(tuple(p) for p in self.prompt_pairs)  # type: ignore[misc]
@@ -125,10 +140,28 @@ class MoRSRConfig:
             self.mor = MoRConfig(**self.mor)
         if self.prediction_type not in ("epsilon", "v_prediction"):
             raise ValueError(f"unsupported prediction_type {self.prediction_type!r}")
+        if self.colour_fix not in COLOUR_FIXES:
+            raise ValueError(f"colour_fix must be one of {COLOUR_FIXES}, got {self.colour_fix!r}")
+        if not 1 <= self.colour_levels <= 8:
+            raise ValueError(f"colour_levels must be in [1, 8], got {self.colour_levels}")
 
     @property
     def sr_size(self) -> int:
         return self.lr_size * self.scale
+
+    @property
+    def decoder_takes_lr(self) -> bool:
+        """Whether the decoder stage needs the LR image (colour step or residual)."""
+        return self.colour_fix != "none" or self.residual
+
+    @property
+    def colour_margin(self) -> int:
+        """SR pixels at a tile's border that the colour step and the bicubic taps make differ
+        from the untiled image (0 without a local colour step)."""
+        if self.colour_fix != "wavelet" and not self.residual:
+            return 0
+        bicubic = 2 * self.scale  # two LR taps each side
+        return bicubic + (support(self.colour_levels) if self.colour_fix == "wavelet" else 0)
 
     @property
     def degradation_names(self) -> list[str]:
@@ -194,6 +227,7 @@ def tiny_config(**overrides: Any) -> MoRSRConfig:
         ),
         prompt_length=8,
         mor=MoRConfig(rank=16, shared=4, zero_slots=4, top_k=4, alpha=16.0),
+        residual=True,
     )
     return dataclasses.replace(config, **overrides)
 

@@ -13,9 +13,10 @@ import torch.nn.functional as F
 from scipy.stats import spearmanr
 from skimage.metrics import structural_similarity
 
-from .data import PairSet, degraded_pairs
+from .data import PairSet, degraded_pairs, random_crop
 from .degradations import SEVERITIES
 from .model import MoRSR
+from .photos import evaluation_photos
 from .routing import routing_stats
 
 
@@ -51,8 +52,46 @@ def ssim_y(sr: torch.Tensor, hr: torch.Tensor, border: int) -> float:
     )
 
 
+def ciede2000(image: torch.Tensor, reference: torch.Tensor) -> float:
+    """Mean CIEDE2000 colour difference of two (3, H, W) sRGB images in [0, 1]."""
+    from skimage.color import deltaE_ciede2000, rgb2lab
+
+    a, b = (rgb2lab(x.double().clamp(0, 1).permute(1, 2, 0).numpy()) for x in (image, reference))
+    return float(deltaE_ciede2000(a, b).mean())
+
+
 def bicubic(lr: torch.Tensor, scale: int) -> torch.Tensor:
     return F.interpolate(lr, scale_factor=scale, mode="bicubic", align_corners=False).clamp(0, 1)
+
+
+def downscale(sr: torch.Tensor, scale: int) -> torch.Tensor:
+    """Antialiased bicubic reduction by `scale`: SR brought back to the LR grid, to compare
+    its colours with the input where there is no HR image."""
+    h, w = sr.shape[-2] // scale, sr.shape[-1] // scale
+    return F.interpolate(sr, size=(h, w), mode="bicubic", antialias=True, align_corners=False).clamp(0, 1)
+
+
+def quality(
+    sr: torch.Tensor, up: torch.Tensor, hr: torch.Tensor, lr: torch.Tensor, scale: int
+) -> dict[str, list[float]]:
+    """Per-image PSNR-Y, SSIM-Y and CIEDE2000 against HR for SR and bicubic, and the colour
+    difference of each brought back to the LR grid against the LR input."""
+    n = sr.shape[0]
+    down_sr, down_up = downscale(sr, scale), downscale(up, scale)
+    return {
+        "psnr_sr": [psnr_y(sr[i], hr[i], scale) for i in range(n)],
+        "psnr_bicubic": [psnr_y(up[i], hr[i], scale) for i in range(n)],
+        "ssim_sr": [ssim_y(sr[i], hr[i], scale) for i in range(n)],
+        "ssim_bicubic": [ssim_y(up[i], hr[i], scale) for i in range(n)],
+        "ciede_sr": [ciede2000(sr[i], hr[i]) for i in range(n)],
+        "ciede_bicubic": [ciede2000(up[i], hr[i]) for i in range(n)],
+        "ciede_sr_vs_lr": [ciede2000(down_sr[i], lr[i]) for i in range(n)],
+        "ciede_bicubic_vs_lr": [ciede2000(down_up[i], lr[i]) for i in range(n)],
+    }
+
+
+def _means(values: dict[str, list[float]], rows: list[int] | None = None) -> dict[str, float]:
+    return {k: float(np.mean([v[i] for i in rows] if rows is not None else v)) for k, v in values.items()}
 
 
 def rank_correlation(scores: np.ndarray, labels: list[float]) -> float | None:
@@ -71,10 +110,11 @@ def evaluate(
     photos: list[np.ndarray] | None = None,
 ) -> tuple[dict[str, Any], PairSet, torch.Tensor]:
     """Metrics on `count` seeded pairs (severities cycling mild/moderate/severe) cropped from
-    `photos` ((H, W, 3) uint8), by default the built-in held-out ones. Returns the report,
-    the pairs and the SR images."""
+    `photos` ((H, W, 3) uint8), by default the held-out ones (`evaluation_photos`). Returns
+    the report, the pairs and the SR images."""
     model.eval()
-    pairs = degraded_pairs(model.config.sr_size, count, seed, pool=photos)
+    pool = photos if photos is not None else list(evaluation_photos().values())
+    pairs = degraded_pairs(model.config.sr_size, count, seed, pool=pool)
     scale = model.config.scale
     srs, scores, active = [], [], []
     for i in range(0, count, batch):
@@ -87,14 +127,11 @@ def evaluate(
     sr = torch.cat(srs)
     s_all = torch.cat(scores).numpy()
     active_all = torch.cat(active).numpy()
-    up = bicubic(pairs.lr, scale)
-    report: dict[str, Any] = {
-        "images": count,
-        "seed": seed,
-        "psnr_sr": float(np.mean([psnr_y(sr[i], pairs.hr[i], scale) for i in range(count)])),
-        "psnr_bicubic": float(np.mean([psnr_y(up[i], pairs.hr[i], scale) for i in range(count)])),
-        "ssim_sr": float(np.mean([ssim_y(sr[i], pairs.hr[i], scale) for i in range(count)])),
-        "ssim_bicubic": float(np.mean([ssim_y(up[i], pairs.hr[i], scale) for i in range(count)])),
+    values = quality(sr, bicubic(pairs.lr, scale), pairs.hr, pairs.lr, scale)
+    report: dict[str, Any] = {"images": count, "seed": seed, **_means(values)}
+    report["by_severity"] = {
+        level: _means(values, [i for i, sev in enumerate(pairs.severities) if sev == level])
+        for level in SEVERITIES
     }
     labels = [p.labels() for p in pairs.params]
     report["spearman"] = {
@@ -116,6 +153,28 @@ def evaluate(
     report["severity_score_per_image"] = s_all.mean(axis=1).tolist()
     report["severities"] = pairs.severities
     return report, pairs, sr
+
+
+@torch.no_grad()
+def evaluate_lr_only(
+    model: MoRSR, photos: list[np.ndarray], count: int, seed: int = 1234, batch: int = 6
+) -> tuple[dict[str, Any], torch.Tensor, torch.Tensor]:
+    """Real LR photos without HR: `count` crops of the model's LR size (round robin over
+    `photos`), upscaled, brought back to the LR grid and compared in colour with the input
+    (mean CIEDE2000), against bicubic's round trip. Returns the report, the crops and SR."""
+    model.eval()
+    rng = np.random.default_rng(seed)
+    lr = torch.stack([random_crop(photos[i % len(photos)], model.config.lr_size, rng) for i in range(count)])
+    sr = torch.cat([model(lr[i : i + batch]) for i in range(0, count, batch)])
+    scale = model.config.scale
+    down_sr, down_up = downscale(sr, scale), downscale(bicubic(lr, scale), scale)
+    report = {
+        "images": count,
+        "seed": seed,
+        "ciede_sr_vs_lr": float(np.mean([ciede2000(down_sr[i], lr[i]) for i in range(count)])),
+        "ciede_bicubic_vs_lr": float(np.mean([ciede2000(down_up[i], lr[i]) for i in range(count)])),
+    }
+    return report, lr, sr
 
 
 def plot_active_experts(report: dict[str, Any], path: Path) -> None:
@@ -152,22 +211,36 @@ def plot_active_experts(report: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def save_grid(pairs: PairSet, sr: torch.Tensor, scale: int, path: Path, rows: int = 3) -> None:
-    """Rows of LR (nearest-upscaled) / bicubic / SR / HR, one row per severity level."""
+def save_grid(
+    lr: torch.Tensor,
+    sr: torch.Tensor,
+    scale: int,
+    path: Path,
+    hr: torch.Tensor | None = None,
+    labels: list[str] | None = None,
+    rows: int = 6,
+) -> None:
+    """Rows of LR (nearest-upscaled) / bicubic / SR [/ HR]; with `labels` (severities), the
+    rows take turns over them so that every label shows, else the first `rows` images."""
     from PIL import Image, ImageDraw
 
-    picks = [pairs.severities.index(level) for level in SEVERITIES if level in pairs.severities][:rows]
+    picks = list(range(min(rows, lr.shape[0])))
+    if labels is not None:
+        by_label = [[i for i, lab in enumerate(labels) if lab == level] for level in dict.fromkeys(labels)]
+        picks = [i for group in zip(*by_label, strict=False) for i in group][:rows]
+    titles = ["LR", "bicubic", "MoR SR"] + (["HR"] if hr is not None else [])
     tiles = []
     for i in picks:
-        lr_big = F.interpolate(pairs.lr[i : i + 1], scale_factor=scale, mode="nearest")[0]
-        row = [lr_big, bicubic(pairs.lr[i : i + 1], scale)[0], sr[i], pairs.hr[i]]
+        row = [F.interpolate(lr[i : i + 1], scale_factor=scale, mode="nearest")[0]]
+        row += [bicubic(lr[i : i + 1], scale)[0], sr[i]] + ([hr[i]] if hr is not None else [])
         tiles.append(torch.cat(row, dim=2))
     grid = torch.cat(tiles, dim=1).clamp(0, 1)
     image = Image.fromarray((grid.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
     draw = ImageDraw.Draw(image)
-    width = pairs.hr.shape[-1]
-    for col, title in enumerate(("LR", "bicubic", "MoR SR", "HR")):
+    height, width = sr.shape[-2:]
+    for col, title in enumerate(titles):
         draw.text((col * width + 4, 4), title, fill=(255, 255, 0))
     for r, i in enumerate(picks):
-        draw.text((4, r * pairs.hr.shape[-2] + 16), pairs.severities[i], fill=(255, 255, 0))
+        if labels is not None:
+            draw.text((4, r * height + 16), labels[i], fill=(255, 255, 0))
     image.save(path)

@@ -9,6 +9,7 @@ partial file; PNG is written in row bands as tiles finish (memory bounded by the
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import struct
 import tempfile
@@ -17,7 +18,7 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, ClassVar
 
 import numpy as np
 import torch
@@ -45,11 +46,13 @@ DECODE_ERRORS = (OSError, SyntaxError, ValueError, struct.error, zlib.error, EOF
 
 @dataclass
 class LoadedImage:
-    """Colour (H, W, 3) and optional alpha (H, W) as stored (uint8, or uint16 for 16-bit)."""
+    """Colour (H, W, 3) and optional alpha (H, W) as stored (uint8, or uint16 for 16-bit);
+    `grey` for greyscale files (their channels are equal here, and the output is grey)."""
 
     rgb: np.ndarray
     alpha: np.ndarray | None
     path: Path
+    grey: bool = False
 
     @property
     def height(self) -> int:
@@ -99,6 +102,19 @@ def _open(path: Path) -> Image.Image:
     return image
 
 
+GREY_MODES = ("1", "L", "LA", "La", *SIXTEEN_BIT_MODES)
+# EXIF orientation -> (quarter turns anticlockwise, then flip left-right), as exif_transpose.
+ORIENTATIONS = {
+    2: (0, True),
+    3: (2, False),
+    4: (2, True),
+    5: (1, True),
+    6: (3, False),
+    7: (3, True),
+    8: (1, False),
+}
+
+
 def _split(image: Image.Image, path: Path) -> tuple[np.ndarray, np.ndarray | None]:
     """Any supported mode -> (rgb, alpha) arrays, 8- or 16-bit."""
     mode = image.mode
@@ -115,7 +131,7 @@ def _split(image: Image.Image, path: Path) -> tuple[np.ndarray, np.ndarray | Non
         image = image.convert("RGBA")
     elif mode in ("1", "L", "CMYK", "YCbCr", "LAB", "HSV", "RGBX"):
         image = image.convert("RGB")
-    elif mode == "LA":
+    elif mode in ("LA", "La"):
         image = image.convert("RGBA")
     if image.mode == "RGBA":
         array = np.asarray(image)
@@ -125,20 +141,59 @@ def _split(image: Image.Image, path: Path) -> tuple[np.ndarray, np.ndarray | Non
     return np.asarray(image), None
 
 
+def _sixteen_bit_colour(image: Image.Image, path: Path) -> np.ndarray | None:
+    """(H, W, C) uint16 for a 16-bit PNG or TIFF with colour or alpha, which Pillow would
+    reduce to 8 bits (grey + alpha, RGB, RGBA); None for every other file."""
+    if image.format == "PNG":
+        with path.open("rb") as f:
+            header = f.read(26)
+        if header[24] != 16 or header[25] not in (2, 4, 6):  # IHDR bit depth, colour type
+            return None
+        import png  # pypng: Pillow has no 16-bit colour mode
+
+        width, height, rows, info = png.Reader(filename=str(path)).asDirect()
+        planes = int(info["planes"])
+        array = np.vstack([np.asarray(row, dtype=np.uint16) for row in rows])
+        return array.reshape(height, width, planes)
+    tags = getattr(image, "tag_v2", {})
+    if image.format == "TIFF" and max(tags.get(258, (8,))) == 16 and tags.get(277, 1) > 1:
+        import tifffile
+
+        array = np.asarray(tifffile.imread(path))
+        return array if array.ndim == 3 and array.shape[2] in (2, 3, 4) and array.dtype == np.uint16 else None
+    return None
+
+
+def _orient(array: np.ndarray, orientation: int) -> np.ndarray:
+    turns, flip = ORIENTATIONS.get(orientation, (0, False))
+    array = np.rot90(array, turns) if turns else array
+    return np.ascontiguousarray(array[:, ::-1] if flip else array)
+
+
 def load_image(path: str | Path) -> LoadedImage:
     """Open, check, orient and split an image file; every failure is a one-line UserError."""
     path = Path(path)
     image = _open(path)
     try:
         with image:
+            grey = image.mode in GREY_MODES
+            deep = _sixteen_bit_colour(image, path)
+            if deep is not None:
+                deep = _orient(deep, image.getexif().get(0x0112, 1))
+                colour = 1 if deep.shape[2] < 3 else 3  # grey(+alpha) or RGB(+alpha)
+                rgb = np.repeat(deep[..., :1], 3, axis=2) if colour == 1 else deep[..., :3]
+                alpha = deep[..., colour] if deep.shape[2] > colour else None
+                return LoadedImage(np.ascontiguousarray(rgb), alpha, path, grey=colour == 1)
             ImageOps.exif_transpose(image, in_place=True)  # no second copy of a big image
             # np.asarray decodes the whole file here, inside the error handling
             rgb, alpha = _split(image, path)
     except UserError:
         raise
-    except DECODE_ERRORS as exc:
+    except (*DECODE_ERRORS, ImportError) as exc:
         raise UserError(f"{path}: unreadable image ({exc})") from None
-    return LoadedImage(rgb=rgb, alpha=alpha, path=path)
+    # a colour file whose channels are all equal holds a grey photo: it comes out grey too
+    grey = grey or bool(np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 1], rgb[..., 2]))
+    return LoadedImage(rgb=rgb, alpha=alpha, path=path, grey=grey)
 
 
 def folder_images(folder: str | Path) -> dict[str, np.ndarray]:
@@ -211,45 +266,95 @@ def to_uint8(image: np.ndarray | torch.Tensor) -> np.ndarray:
     return (np.clip(array, 0, 1) * 255 + 0.5).astype(np.uint8).transpose(1, 2, 0)
 
 
-def save_image(rgb: np.ndarray, path: str | Path, alpha: np.ndarray | None = None) -> None:
-    """Write (H, W, 3) uint8 (+ (H, W) uint8 alpha where the format keeps it) atomically."""
+DEEP_FORMATS = ("PNG", "TIFF")  # output formats that keep 16 bits per channel
+
+
+def save_image(pixels: np.ndarray, path: str | Path, alpha: np.ndarray | None = None) -> None:
+    """Write (H, W, 3) colour or (H, W) grey pixels, uint8 or uint16 (+ alpha of the same
+    dtype, where the format keeps it) atomically. 16-bit goes to PNG and TIFF as 16-bit and
+    to the other formats reduced to 8."""
     path = check_output_path(path)
     fmt = output_format(path)
-    image = Image.fromarray(np.ascontiguousarray(rgb), mode="RGB")
-    if alpha is not None and fmt in ALPHA_FORMATS:
+    alpha = alpha if fmt in ALPHA_FORMATS else None
+    if pixels.dtype == np.uint16 and fmt not in DEEP_FORMATS:
+        pixels = (pixels >> 8).astype(np.uint8)
+        alpha = None if alpha is None else (alpha >> 8).astype(np.uint8)
+    if fmt == "PNG":
+        rows = interleave(pixels, alpha)
+        writer = PngBandWriter(path, rows.shape[1], rows.shape[0], rows.shape[2], pixels.dtype.itemsize * 8)
+        try:
+            writer.write(rows)
+            writer.close()
+        except BaseException:
+            writer.abort()
+            raise
+        return
+    if pixels.dtype == np.uint16:  # 16-bit TIFF: Pillow writes no 16-bit colour
+        import tifffile
+
+        if pixels.ndim == 2 and alpha is not None:  # grey + alpha: as RGBA, which Pillow reads
+            pixels = np.repeat(pixels[..., None], 3, axis=2)
+        buffer = io.BytesIO()
+        rows = interleave(pixels, alpha)
+        tifffile.imwrite(
+            buffer,
+            rows[..., 0] if rows.shape[2] == 1 else rows,
+            photometric="minisblack" if pixels.ndim == 2 else "rgb",
+            planarconfig="contig" if rows.shape[2] > 1 else None,
+            extrasamples=("unassalpha",) if alpha is not None else None,
+        )
+        with atomic_output(path) as f:
+            f.write(buffer.getbuffer())
+        return
+    image = Image.fromarray(np.ascontiguousarray(pixels), mode="L" if pixels.ndim == 2 else "RGB")
+    if alpha is not None:
         image.putalpha(Image.fromarray(np.ascontiguousarray(alpha), mode="L"))
     with atomic_output(path) as f:
         image.save(f, format=fmt)
 
 
-class PngBandWriter:
-    """Streams an 8-bit RGB(A) PNG row band by row band, so a huge output never sits in
-    memory whole. Written to a temporary file and renamed on `close()`."""
+def interleave(pixels: np.ndarray, alpha: np.ndarray | None) -> np.ndarray:
+    """(h, W, C) rows with alpha as the last channel."""
+    rows = pixels[..., None] if pixels.ndim == 2 else pixels
+    return rows if alpha is None else np.concatenate([rows, alpha[..., None].astype(rows.dtype)], axis=2)
 
-    def __init__(self, path: Path, width: int, height: int, alpha: bool) -> None:
-        self.path, self.width, self.height, self.channels = path, width, height, 4 if alpha else 3
+
+class PngBandWriter:
+    """Streams a PNG (grey, grey + alpha, RGB or RGBA; 8 or 16 bits) row band by row band, so a
+    huge output never sits in memory whole. Written to a temporary file and renamed on
+    `close()`."""
+
+    COLOUR_TYPES: ClassVar[dict[int, int]] = {1: 0, 2: 4, 3: 2, 4: 6}  # channels -> PNG colour type
+
+    def __init__(self, path: Path, width: int, height: int, channels: int, depth: int = 8) -> None:
+        if channels not in self.COLOUR_TYPES or depth not in (8, 16):
+            raise ValueError(f"PNG of {channels} channels at {depth} bits is not supported")
+        self.path, self.width, self.height, self.channels = path, width, height, channels
+        self.dtype = np.dtype(">u2") if depth == 16 else np.dtype(np.uint8)
         self._ctx = atomic_output(path)
         self._file = self._ctx.__enter__()
         self._zip = zlib.compressobj(6)
         self._rows = 0
         self._file.write(b"\x89PNG\r\n\x1a\n")
-        color_type = 6 if alpha else 2
-        self._chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, color_type, 0, 0, 0))
+        colour_type = self.COLOUR_TYPES[channels]
+        self._chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, depth, colour_type, 0, 0, 0))
 
     def _chunk(self, kind: bytes, data: bytes) -> None:
         self._file.write(struct.pack(">I", len(data)) + kind + data)
         self._file.write(struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
 
     def write(self, rows: np.ndarray) -> None:
-        """(h, W, C) uint8 rows, top to bottom."""
-        if rows.shape[1:] != (self.width, self.channels) or rows.dtype != np.uint8:
-            raise ValueError(f"expected (h, {self.width}, {self.channels}) uint8 rows, got {rows.shape}")
-        raw = np.concatenate(
-            [np.zeros((rows.shape[0], 1), np.uint8), rows.reshape(rows.shape[0], -1)], axis=1
-        )
-        data = self._zip.compress(raw.tobytes())
-        if data:
-            self._chunk(b"IDAT", data)
+        """(h, W, C) rows of the writer's depth (uint8 or uint16), top to bottom."""
+        if rows.shape[1:] != (self.width, self.channels) or rows.dtype.itemsize != self.dtype.itemsize:
+            raise ValueError(
+                f"expected (h, {self.width}, {self.channels}) rows of {self.dtype.itemsize} bytes, "
+                f"got {rows.shape} {rows.dtype}"
+            )
+        data = np.ascontiguousarray(rows, dtype=self.dtype).reshape(rows.shape[0], -1).view(np.uint8)
+        raw = np.concatenate([np.zeros((rows.shape[0], 1), np.uint8), data], axis=1)
+        compressed = self._zip.compress(raw.tobytes())
+        if compressed:
+            self._chunk(b"IDAT", compressed)
         self._rows += rows.shape[0]
 
     def close(self) -> None:

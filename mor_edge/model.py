@@ -21,6 +21,7 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from .colour import ColourStep
 from .config import MoRSRConfig
 from .degradation import DegradationEstimator
 from .injection import InjectionSummary, inject_mor
@@ -89,6 +90,7 @@ class MoRSR(nn.Module):
             torch.randn(1, config.prompt_length, cross_dim) / math.sqrt(cross_dim), requires_grad=False
         )
         self.register_buffer("timestep", torch.tensor([config.timestep], dtype=torch.long))
+        self.colour = ColourStep(config)
         self.alpha_bar = alpha_bar(config)
         self._inject()
 
@@ -149,12 +151,22 @@ class MoRSR(nn.Module):
             return math.sqrt(a) * z - math.sqrt(1 - a) * pred
         return (z - math.sqrt(1 - a) * pred) / math.sqrt(a)
 
-    def decode(self, x0: torch.Tensor) -> torch.Tensor:
-        """Scaled latent -> SR image in [0, 1]."""
+    def decode(self, x0: torch.Tensor, lr: torch.Tensor | None = None) -> torch.Tensor:
+        """Scaled latent -> SR image in [0, 1]. `lr` (the LR image in [0, 1]) feeds the
+        residual skip and the colour step where the config has them."""
+        c = self.config
         z = x0 / self.vae.config.scaling_factor
         if self.vae.post_quant_conv is not None:
             z = self.vae.post_quant_conv(z)
-        return ((self.vae.decoder(z) + 1) / 2).clamp(0, 1)
+        image = self.vae.decoder(z)
+        if not c.decoder_takes_lr:
+            return ((image + 1) / 2).clamp(0, 1)
+        if lr is None:
+            raise ValueError("this model's decoder needs the LR image (colour step or residual)")
+        up = self.upsample(lr)
+        if c.residual:
+            image = image + up
+        return ((self.colour(image, up) + 1) / 2).clamp(0, 1)
 
     def run_stages(
         self,
@@ -173,7 +185,7 @@ class MoRSR(nn.Module):
         routed = s if adapters else None
         z = self.encode(self.upsample(lr), routed, buckets)
         x0 = self.denoise(z, routed, buckets)
-        return s, z, x0, self.decode(x0)
+        return s, z, x0, self.decode(x0, lr)
 
     def forward(
         self,

@@ -53,7 +53,7 @@ def stage_macs(model: MoRSR, batch: int = 1) -> dict[str, int]:
     up = meta.upsample(lr)
     z = measure("encoder", meta.encode, up, s)
     x0 = measure("unet", meta.denoise, z, s)
-    measure("decoder", meta.decode, x0)
+    measure("decoder", meta.decode, x0, lr)
     macs["total"] = sum(macs.values())
     return macs
 

@@ -42,6 +42,11 @@ class TileEngine(Protocol):
     @property
     def router_size(self) -> int: ...
 
+    @property
+    def margin(self) -> int:
+        """SR pixels at a tile's border to leave out of the blend (see `ramp`)."""
+        ...
+
     def route(self, lr: np.ndarray) -> np.ndarray: ...
 
     def run(self, lr: np.ndarray, s: np.ndarray) -> np.ndarray: ...
@@ -74,6 +79,10 @@ class ReferenceEngine:
     @property
     def router_size(self) -> int:
         return int(self.model.estimator.image_size)
+
+    @property
+    def margin(self) -> int:
+        return self.model.config.colour_margin
 
     @torch.no_grad()
     def route(self, lr: np.ndarray) -> np.ndarray:
@@ -123,11 +132,15 @@ def positions(length: int, tile: int, overlap: int) -> list[int]:
     return [*starts, length - tile]
 
 
-def ramp(size: int, ramp_len: int, ramp_start: bool, ramp_end: bool) -> np.ndarray:
-    """1-D feather weights: linear over `ramp_len` at each interior side, 1 elsewhere."""
+def ramp(size: int, ramp_len: int, ramp_start: bool, ramp_end: bool, margin: int = 0) -> np.ndarray:
+    """1-D feather weights at each interior side: 0 over the first `margin` pixels (where a
+    tile's output differs from the whole image's: the colour step's and the bicubic's reach
+    past the tile border), then linear up to `ramp_len`; 1 elsewhere. The margin is capped
+    below half the overlap, so that two neighbours always cover every pixel."""
     w = np.ones(size, dtype=np.float32)
     if ramp_len > 0:
-        r = (np.arange(size, dtype=np.float32) + 0.5) / ramp_len
+        margin = min(margin, (ramp_len - 1) // 2)
+        r = np.clip((np.arange(size, dtype=np.float32) + 0.5 - margin) / (ramp_len - margin), 0, None)
         if ramp_start:
             w = np.minimum(w, r)
         if ramp_end:
@@ -172,8 +185,9 @@ def upscale_tiled(
     h, w = image.height, image.width
     ys, xs = positions(h, tile, overlap), positions(w, tile, overlap)
     out_w, out_h, side = w * scale, h * scale, tile * scale
-    ramps_y = [ramp(side, overlap * scale, i > 0, i < len(ys) - 1) for i in range(len(ys))]
-    ramps_x = [ramp(side, overlap * scale, i > 0, i < len(xs) - 1) for i in range(len(xs))]
+    margin = engine.margin
+    ramps_y = [ramp(side, overlap * scale, i > 0, i < len(ys) - 1, margin) for i in range(len(ys))]
+    ramps_x = [ramp(side, overlap * scale, i > 0, i < len(xs) - 1, margin) for i in range(len(xs))]
     total_y, total_x = np.zeros(out_h, np.float32), np.zeros(out_w, np.float32)
     for y, r in zip(ys, ramps_y, strict=True):
         total_y[y * scale : min(y * scale + side, out_h)] += r[: min(side, out_h - y * scale)]
@@ -236,8 +250,16 @@ def router_input_tile(lr: np.ndarray, size: int) -> np.ndarray:
     )
 
 
-def upscale_alpha(alpha: np.ndarray, scale: int) -> np.ndarray:
-    """Alpha is not image content: plain bicubic resize, no model."""
+def upscale_alpha(alpha: np.ndarray, scale: int, dtype: type[np.integer] = np.uint8) -> np.ndarray:
+    """Alpha is not image content: plain bicubic resize, no model; `dtype` is the output's."""
     h, w = alpha.shape
-    src = alpha if alpha.dtype == np.uint8 else (alpha >> 8).astype(np.uint8)
-    return np.asarray(Image.fromarray(src, mode="L").resize((w * scale, h * scale), Image.Resampling.BICUBIC))
+    if dtype == np.uint8:
+        src = alpha if alpha.dtype == np.uint8 else (alpha >> 8).astype(np.uint8)
+        return np.asarray(
+            Image.fromarray(src, mode="L").resize((w * scale, h * scale), Image.Resampling.BICUBIC)
+        )
+    peak = np.iinfo(alpha.dtype).max
+    big = Image.fromarray(alpha.astype(np.float32) / peak, mode="F").resize(
+        (w * scale, h * scale), Image.Resampling.BICUBIC
+    )
+    return (np.clip(np.asarray(big), 0, 1) * 65535 + 0.5).astype(np.uint16)

@@ -19,10 +19,12 @@ JSON state file: no pickle anywhere.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,7 +41,7 @@ from .dead_leaves import colour_palette, dead_leaves_images
 from .degradations import SEVERITIES, degrade
 from .image_io import folder_images
 from .model import MoRSR
-from .photos import photos
+from .photos import training_photos
 from .routing import load_balancing_loss, routing_stats
 
 STAGES = ("estimator", "base", "mor")
@@ -59,12 +61,16 @@ class TrainConfig:
     estimator_batch_size: int = 64
     dead_leaves: int = 64  # synthetic images added to the estimator's content (512x512 each)
     estimator_steps: int = 4000
-    base_steps: int = 3500
-    mor_steps: int = 400
+    base_steps: int = 2200
+    mor_steps: int = 300
     lr: float = 2e-3
     estimator_lr: float = 1e-3
     mor_lr: float = 2e-3
     balance_weight: float = 0.05
+    # Levels of the colour step while the SR stages train. Trained with the 2-level step, the
+    # model puts its changes into the band the step leaves it; trained without the step, its
+    # gains were low-frequency noise removal that the step then undoes (measured, see README).
+    colour_levels: int = 2
     log_every: int = 25
     checkpoint_every: int = 250
     images: str | None = None  # folder of images; default: the built-in training photos
@@ -164,9 +170,10 @@ def is_grey(photo: np.ndarray) -> bool:
 
 
 def load_image_pool(folder: str | None) -> list[np.ndarray]:
-    """The built-in training photos, or every image of `folder` (one-line errors for bad files)."""
+    """The built-in training photos (with the Debian ones where installed), or every image of
+    `folder` (one-line errors for bad files)."""
     if folder is None:
-        return list(photos("train").values())
+        return list(training_photos().values())
     return list(folder_images(folder).values())
 
 
@@ -206,7 +213,7 @@ class StageLoss(nn.Module):
             s = model.route(lr if router_lr is None else router_lr)
         routings = model.routing(s)
         z = model.encode(model.upsample(lr), None)  # routing applied just above
-        l2 = F.mse_loss(model.decode(model.denoise(z, None)), hr)
+        l2 = F.mse_loss(model.decode(model.denoise(z, None), lr), hr)
         balance = load_balancing_loss(routings, model.estimator.severity(s), alpha=1.0)
         active = routing_stats(routings)["per_image"].mean()
         loss = l2 + self.balance_weight * balance
@@ -215,19 +222,35 @@ class StageLoss(nn.Module):
 
 def initial_model(preset: str, seed: int) -> MoRSR:
     """A from-scratch model for training: seeded init, UNet output zeroed (x0 starts as
-    z / sqrt(alpha_bar) instead of a 14.6x-amplified random noise prediction), a moderate CLIP
-    logit scale for the learned text embeddings."""
+    z / sqrt(alpha_bar) instead of a 14.6x-amplified random noise prediction), the decoder's
+    output zeroed where it is a residual, a moderate CLIP logit scale for the learned text
+    embeddings."""
     from .config import PRESETS
 
     torch.manual_seed(seed)
     model = MoRSR(PRESETS[preset](label=f"{preset}, trained from scratch by `mor-edge train --seed {seed}`"))
-    conv_out = model.unet.conv_out
-    base = conv_out.base if hasattr(conv_out, "base") else conv_out
+    zeroed = [model.unet.conv_out]
+    if model.config.residual:  # the skip alone at first: the model starts as bicubic
+        zeroed.append(model.vae.decoder.conv_out)
     with torch.no_grad():
-        base.weight.zero_()
-        base.bias.zero_()
+        for conv in zeroed:
+            base = conv.base if hasattr(conv, "base") else conv
+            base.weight.zero_()
+            base.bias.zero_()
         model.estimator.logit_scale.fill_(10.0)
     return model
+
+
+@contextlib.contextmanager
+def colour_levels(model: MoRSR, levels: int) -> Iterator[None]:
+    """The model's colour step at `levels` for the duration (its own count restored after;
+    checkpoints save the model's own)."""
+    saved = model.config.colour_levels
+    model.config.colour_levels = levels
+    try:
+        yield
+    finally:
+        model.config.colour_levels = saved
 
 
 def save_optimizer(optimizer: torch.optim.Optimizer, path: Path) -> dict[str, Any]:
@@ -270,6 +293,7 @@ class Trainer:
             self.accelerator.process_index,
         )
         self.state: dict[str, Any] = {"stage": STAGES[0], "step": 0, "done": []}
+        self.model_levels = model.config.colour_levels
 
     # -- checkpoints ------------------------------------------------------------------
     def save_checkpoint(self, optimizer: torch.optim.Optimizer) -> None:
@@ -278,7 +302,9 @@ class Trainer:
         ckpt = self.out / "checkpoint"
         tmp = self.out / "checkpoint.tmp"
         tmp.mkdir(parents=True, exist_ok=True)
-        self.accelerator.unwrap_model(self.model).save_pretrained(tmp)
+        model = self.accelerator.unwrap_model(self.model)
+        with colour_levels(model, self.model_levels):  # the model's own, not the training one
+            model.save_pretrained(tmp)
         meta = save_optimizer(optimizer, tmp / OPTIMIZER_NAME)
         state = {**self.state, "optimizer": meta, "train_config": dataclasses.asdict(self.config)}
         (tmp / STATE_NAME).write_text(json.dumps(state, indent=2))
@@ -316,7 +342,8 @@ class Trainer:
             if stage in self.state["done"] or self.config.steps(stage) == 0:
                 continue
             self.state["stage"] = stage
-            self._run_stage(stage, resumed if resumed and resumed["stage"] == stage else None)
+            with colour_levels(self.model, self.config.colour_levels):
+                self._run_stage(stage, resumed if resumed and resumed["stage"] == stage else None)
             resumed = None
         model = self.accelerator.unwrap_model(self.model)
         for p in model.parameters():

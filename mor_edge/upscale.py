@@ -8,7 +8,16 @@ from pathlib import Path
 import numpy as np
 
 from .errors import UserError
-from .image_io import PngBandWriter, check_output_path, load_image, output_format, save_image
+from .image_io import (
+    ALPHA_FORMATS,
+    DEEP_FORMATS,
+    PngBandWriter,
+    check_output_path,
+    interleave,
+    load_image,
+    output_format,
+    save_image,
+)
 from .tiling import TileEngine, upscale_alpha, upscale_tiled
 
 
@@ -20,43 +29,56 @@ class TileOptions:
     progress: bool = True
 
 
-def _to_uint8(band: np.ndarray) -> np.ndarray:
-    """Float band in [0, 1] -> uint8, scaling in place (the tiler's buffer is reused anyway)."""
+LUMA = np.array([0.299, 0.587, 0.114], np.float32)  # BT.601: a grey input's grey stays exact
+
+
+def _quantise(band: np.ndarray, dtype: type[np.integer]) -> np.ndarray:
+    """Float band in [0, 1] -> uint8 or uint16, scaling in place (the tiler's buffer is reused)."""
     np.clip(band, 0, 1, out=band)
-    band *= 255
+    band *= np.iinfo(dtype).max
     band += 0.5
-    return band.astype(np.uint8)
+    return band.astype(dtype)
 
 
 def upscale_file(
     src: str | Path, dst: str | Path, engine: TileEngine, options: TileOptions
 ) -> tuple[str, str]:
-    """Upscale one image file to `dst` (format from its extension). PNG is streamed band by
-    band; other formats are assembled in memory. Returns the input and output sizes."""
+    """Upscale one image file to `dst` (format from its extension). A grey input gives a grey
+    output (the SR image's luma), a 16-bit one a 16-bit output where the format keeps 16 bits
+    (PNG, TIFF). PNG is streamed band by band; other formats are assembled in memory. Returns
+    the input and output sizes."""
     dst = check_output_path(dst)
     image = load_image(src)
+    fmt = output_format(dst)
+    dtype = np.uint16 if image.rgb.dtype == np.uint16 and fmt in DEEP_FORMATS else np.uint8
     scale = engine.scale
     out_w, out_h = image.width * scale, image.height * scale
     bands = upscale_tiled(
         image, engine, options.tile, options.overlap, options.per_tile_routing, options.progress
     )
-    alpha = upscale_alpha(image.alpha, scale) if image.alpha is not None else None
-    if output_format(dst) == "PNG":
-        writer = PngBandWriter(dst, out_w, out_h, alpha=alpha is not None)
-        try:
-            top = 0
-            for band in bands:
-                rows = _to_uint8(band)
-                if alpha is not None:
-                    rows = np.concatenate([rows, alpha[top : top + rows.shape[0], :, None]], axis=2)
-                writer.write(rows)
-                top += rows.shape[0]
-            writer.close()
-        except BaseException:
-            writer.abort()
-            raise
-    else:
-        save_image(np.concatenate([_to_uint8(band) for band in bands]), dst, alpha)
+    alpha = None
+    if image.alpha is not None and fmt in ALPHA_FORMATS:
+        alpha = upscale_alpha(image.alpha, scale, dtype)
+
+    def pixels(band: np.ndarray) -> np.ndarray:
+        return _quantise(band @ LUMA if image.grey else band, dtype)
+
+    if fmt != "PNG":
+        save_image(np.concatenate([pixels(band) for band in bands]), dst, alpha)
+        return f"{image.width}x{image.height}", f"{out_w}x{out_h}"
+    channels = (1 if image.grey else 3) + (alpha is not None)
+    writer = PngBandWriter(dst, out_w, out_h, channels, np.dtype(dtype).itemsize * 8)
+    try:
+        top = 0
+        for band in bands:
+            rows = pixels(band)
+            height = rows.shape[0]
+            writer.write(interleave(rows, None if alpha is None else alpha[top : top + height]))
+            top += height
+        writer.close()
+    except BaseException:
+        writer.abort()
+        raise
     return f"{image.width}x{image.height}", f"{out_w}x{out_h}"
 
 

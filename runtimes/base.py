@@ -74,6 +74,10 @@ class Runtime(abc.ABC):
         return int(self.lr_shape()[2])
 
     @property
+    def margin(self) -> int:
+        return int(self.artifact.manifest.get("colour", {}).get("tile_margin", 0))
+
+    @property
     def tile_size(self) -> int:
         """Artifacts have fixed shapes: they upscale tiles of exactly their LR size."""
         return int(self.lr_shape()[2])
@@ -94,7 +98,12 @@ class Runtime(abc.ABC):
         routed = {"s": s.astype(np.float32)} if self.artifact.routing == "dynamic" else {}
         latent = self.run_stage("encoder", {"lr": lr, **routed}, bucket)
         x0 = self.run_stage("unet", {"latent": latent, **routed}, bucket)
-        return self.run_stage("decoder", {"x0": x0})
+        return self.run_stage("decoder", self.decoder_inputs(x0, lr))
+
+    def decoder_inputs(self, x0: np.ndarray, lr: np.ndarray) -> dict[str, np.ndarray]:
+        """The decoder takes the LR image too where the model has a colour step or residual."""
+        names = {t["name"] for t in self.artifact.stage("decoder")["inputs"]}
+        return {"x0": x0, **({"lr": lr} if "lr" in names else {})}
 
     def passes(self) -> int:
         return 0

@@ -91,7 +91,8 @@ def run_parity(runtime: Runtime, model: MoRSR, samples: int = 6, seed: int = 0) 
         stage_pairs["unet"].append(
             (x0_ref.numpy(), runtime.run_stage("unet", {"latent": z_ref.numpy(), **routed}, bucket))
         )
-        stage_pairs["decoder"].append((sr_ref.numpy(), runtime.run_stage("decoder", {"x0": x0_ref.numpy()})))
+        decoder_in = runtime.decoder_inputs(x0_ref.numpy(), lr_np)
+        stage_pairs["decoder"].append((sr_ref.numpy(), runtime.run_stage("decoder", decoder_in)))
         result = runtime.pipeline(lr_np)
         stage_pairs["end_to_end"].append((sr_ref.numpy(), result.sr))
         hr = pairs.hr[i]

@@ -60,11 +60,16 @@ def test_captured_inputs_are_the_reference_stage_inputs(
     torch.testing.assert_close(calibration.captured["static"]["latent"][i : i + 1], z, **close)
     torch.testing.assert_close(calibration.captured["static"]["x0"][i : i + 1], x0, **close)
     torch.testing.assert_close(calibration.captured["dynamic"]["latent"][i : i + 1], z_dyn, **close)
-    unet = calibration.stage_inputs("unet", "dynamic")
+    unet = calibration.stage_inputs("unet", "dynamic", ["latent", "s"])
     assert len(unet) == 16 and set(unet[0]) == {"latent", "s"}
-    encoder = calibration.stage_inputs("encoder", "static", buckets=[int(calibration.bucket[i])])
+    encoder = calibration.stage_inputs("encoder", "static", ["lr"], buckets=[int(calibration.bucket[i])])
     assert len(encoder) == 1 and set(encoder[0]) == {"lr"}
     np.testing.assert_array_equal(encoder[0]["lr"], lr.numpy())
+    # the decoder's colour step takes the LR image beside x0, the sample's own
+    decoder = calibration.stage_inputs(
+        "decoder", "static", ["x0", "lr"], buckets=[int(calibration.bucket[i])]
+    )
+    np.testing.assert_array_equal(decoder[0]["lr"], lr.numpy())
 
 
 def test_saved_set_reloads_and_repeats(
@@ -98,7 +103,7 @@ def test_set_refuses_other_models_buckets_and_routings(
 
 
 def test_feeders_give_each_quantizer_the_same_samples(calibration: CalibrationSet) -> None:
-    samples = calibration.stage_inputs("decoder", "static")
+    samples = calibration.stage_inputs("decoder", "static", ["x0", "lr"])
     reader = ort_reader(samples)
     first = [reader.get_next() for _ in range(len(samples) + 1)]
     assert first[-1] is None

@@ -10,6 +10,7 @@ import torch
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from transformers import CLIPModel, CLIPTextModel, CLIPTokenizer
 
+from mor_edge.colour import low_pass
 from mor_edge.config import sd21_config, tiny_config
 from mor_edge.degradation import DegradationEstimator, TokenizerMismatchError
 from mor_edge.model import MoRSR
@@ -41,7 +42,8 @@ def test_estimator_scores_are_clip_pair_probabilities(clip_folder: Path) -> None
 
 
 def test_from_diffusers_matches_a_plain_diffusers_step(sd_folder: Path, sd_model: MoRSR) -> None:
-    """With B = 0 (fresh adapters) the model is exactly OSEDiff's one step on the SD weights."""
+    """With B = 0 (fresh adapters) the model is exactly OSEDiff's one step on the SD weights,
+    with OSEDiff's inference-time wavelet colour alignment."""
     unet = UNet2DConditionModel.from_pretrained(sd_folder / "unet", local_files_only=True).eval()
     vae = AutoencoderKL.from_pretrained(sd_folder / "vae", local_files_only=True).eval()
     te = CLIPTextModel.from_pretrained(sd_folder / "text_encoder", local_files_only=True).eval()
@@ -55,7 +57,10 @@ def test_from_diffusers_matches_a_plain_diffusers_step(sd_folder: Path, sd_model
         eps = unet(z, 999, encoder_hidden_states=prompt.last_hidden_state.expand(2, -1, -1)).sample
         a = float(sched.alphas_cumprod[999])
         x0 = (z - math.sqrt(1 - a) * eps) / math.sqrt(a)
-        want = ((vae.decode(x0 / vae.config.scaling_factor).sample + 1) / 2).clamp(0, 1)
+        image = vae.decode(x0 / vae.config.scaling_factor).sample
+        # then the colour step (wavelet, 2 levels by default): high(image) + low(bicubic)
+        aligned = image - low_pass(image, 2) + low_pass(up, 2)
+        want = ((aligned + 1) / 2).clamp(0, 1)
         got = sd_model(lr)
     assert sd_model.alpha_bar == pytest.approx(a, rel=1e-6)
     torch.testing.assert_close(sd_model.prompt_embeds, prompt.last_hidden_state)

@@ -223,8 +223,35 @@ def test_evaluate_json_has_the_keys(tmp_path: Path) -> None:
     assert set(report["spearman"]) >= {"blur", "noise", "jpeg"}
     assert set(report["active_experts_by_severity"]) == {"mild", "moderate", "severe"}
     assert 0 < report["ssim_bicubic"] <= 1 and report["psnr_bicubic"] > 10
+    # the trained model with its colour step is close to bicubic in PSNR and in colour
+    assert abs(report["psnr_sr"] - report["psnr_bicubic"]) < 2
+    assert report["ciede_sr"] < report["ciede_bicubic"] + 1 and report["ciede_sr_vs_lr"] < 3
+    levels = report["by_severity"]
+    assert set(levels) == {"mild", "moderate", "severe"}
+    # the per-severity means average to the overall mean (two images per level)
+    assert np.mean([m["psnr_bicubic"] for m in levels.values()]) == pytest.approx(report["psnr_bicubic"])
+    assert levels["mild"]["psnr_bicubic"] > levels["severe"]["psnr_bicubic"]
     for name in ("active_experts.png", "grid.png"):
         assert (tmp_path / name).stat().st_size > 1000
+
+
+def test_evaluate_lr_only_compares_the_round_trip_with_the_input(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from mor_edge.photos import photos
+
+    folder = tmp_path / "real"
+    folder.mkdir()
+    Image.fromarray(photos("eval")["china"]).save(folder / "china.png")
+    args = ["evaluate", "--lr-only", "--photos", str(folder), "--images", "4", "--json"]
+    result = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    # bicubic up and antialiased bicubic down is nearly the identity; the model's round trip
+    # is close to it in colour
+    assert report["ciede_bicubic_vs_lr"] < 1.5 and report["ciede_sr_vs_lr"] < 3
+    with Image.open(tmp_path / "out" / "grid.png") as grid:
+        assert grid.size == (3 * 256, 4 * 256)
 
 
 def test_evaluate_on_a_photo_folder(tmp_path: Path) -> None:
@@ -232,19 +259,26 @@ def test_evaluate_on_a_photo_folder(tmp_path: Path) -> None:
     those photos (name order kept) reproduces the default report."""
     from PIL import Image
 
-    from mor_edge.photos import photos
+    from mor_edge.photos import evaluation_photos
 
     folder = tmp_path / "held-out"
     folder.mkdir()
-    for name, photo in photos("eval").items():
-        Image.fromarray(photo).save(folder / f"{name}.png")
+    for i, (name, photo) in enumerate(evaluation_photos().items()):  # file names keep the order
+        Image.fromarray(photo).save(folder / f"{i:02d}-{name}.png", compress_level=1)
     args = ["evaluate", "--images", "3", "--json", "--out", str(tmp_path / "out")]
     default = json.loads(CliRunner().invoke(main, args).output)
     result = CliRunner().invoke(main, [*args, "--photos", str(folder)])
     assert result.exit_code == 0, result.output
     report = json.loads(result.output, parse_constant=lambda c: pytest.fail(f"{c} is not JSON"))
-    assert report["photos"] == str(folder) and default["photos"].startswith("built-in")
-    for key in ("psnr_sr", "psnr_bicubic", "ssim_sr", "active_experts_by_severity"):
+    assert report["photos"] == str(folder) and default["photos"].startswith("held-out (china")
+    for key in (
+        "psnr_sr",
+        "psnr_bicubic",
+        "ssim_sr",
+        "ciede_sr",
+        "by_severity",
+        "active_experts_by_severity",
+    ):
         assert report[key] == default[key], key
     missing = CliRunner().invoke(main, [*args, "--photos", str(tmp_path / "none")])
     assert missing.exit_code == 1 and "no such folder" in missing.output
@@ -292,3 +326,28 @@ def test_train_on_an_image_folder_and_refuse_bad_ones(tmp_path: Path) -> None:
         result = CliRunner().invoke(main, ["train", "--images", str(folder), "--out", str(out)])
         assert result.exit_code == 1 and message in result.output, result.output
         assert "Traceback" not in result.output and not out.exists()
+
+
+def test_the_debian_photos_are_found_split_and_reduced() -> None:
+    from mor_edge import photos as source
+
+    installed = source.debian_photo_paths()
+    if not installed:
+        pytest.skip("no Debian photo package is installed (make photos)")
+    listed = {Path(f).stem for files in source.DEBIAN_PHOTOS.values() for f in files}
+    assert set(installed) <= listed
+    held_out, train = source.debian_photos("eval"), source.debian_photos("train")
+    assert set(held_out) | set(train) == set(installed) and not set(held_out) & set(train)
+    assert 0.2 < len(held_out) / len(installed) < 0.3  # every fourth
+    for photo in (*held_out.values(), *train.values()):
+        assert photo.dtype == np.uint8 and photo.ndim == 3 and max(photo.shape[:2]) <= source.MAX_SIDE
+    # they reach training and evaluation, after the built-in photos
+    assert set(train) <= set(source.training_photos()) and set(held_out) <= set(source.evaluation_photos())
+    assert list(source.evaluation_photos())[:2] == list(source.photos("eval"))
+
+
+def test_the_photo_source_is_empty_without_the_packages(tmp_path: Path) -> None:
+    from mor_edge import photos as source
+
+    assert source.debian_photo_paths(tmp_path) == {}
+    assert source.debian_photos("train", tmp_path) == {}

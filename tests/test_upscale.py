@@ -46,7 +46,7 @@ class Nearest:
     """A stand-in engine whose output is a pure function of each pixel: any seam or
     misplaced tile shows up as a difference from the untiled result."""
 
-    scale, router_size = 4, 8
+    scale, router_size, margin = 4, 8, 0
 
     def route(self, lr: np.ndarray) -> np.ndarray:
         return np.zeros((1, 4), np.float32)
@@ -132,11 +132,61 @@ def test_formats_and_modes_round_trip(tmp_path: Path, fmt: str, ext: str, mode: 
         with Image.open(out) as result:
             assert result.size == (44, 36)
             has_alpha = mode in ("RGBA", "LA") and out_ext in ("png", "webp")
-            assert result.mode == ("RGBA" if has_alpha else "RGB")
+            assert result.mode == expected_mode(mode, out_ext, has_alpha)
             if has_alpha and out_ext == "png":
                 src_alpha = np.asarray(src_img.getchannel("A"))
                 want = np.asarray(Image.fromarray(src_alpha).resize((44, 36), Image.Resampling.BICUBIC))
                 assert np.array_equal(np.asarray(result.getchannel("A")), want)
+
+
+def expected_mode(mode: str, out_ext: str, has_alpha: bool) -> str:
+    """Grey in, grey out (16-bit where PNG keeps it); WebP stores colour only."""
+    if mode not in ("L", "LA", "I;16") or out_ext == "webp":
+        return "RGBA" if has_alpha else "RGB"
+    if has_alpha:
+        return "LA"
+    return "I;16" if mode == "I;16" and out_ext == "png" else "L"
+
+
+def write_png16(path: Path, pixels: np.ndarray) -> Path:
+    """A 16-bit colour PNG (Pillow cannot write one)."""
+    import png
+
+    h, w, c = pixels.shape
+    with path.open("wb") as f:
+        png.Writer(w, h, greyscale=False, alpha=c == 4, bitdepth=16).write_array(f, pixels.ravel())
+    return path
+
+
+@pytest.mark.parametrize("out_ext", ["png", "tif", "jpg"])
+def test_sixteen_bit_colour_comes_out_sixteen_bit(tmp_path: Path, out_ext: str) -> None:
+    pixels = np.random.default_rng(5).integers(0, 65536, (12, 10, 4), dtype=np.uint16)
+    src = write_png16(tmp_path / "in.png", pixels)
+    loaded = load_image(src)
+    assert loaded.rgb.dtype == np.uint16 and np.array_equal(loaded.rgb, pixels[..., :3])
+    assert np.array_equal(loaded.alpha, pixels[..., 3])
+    out = tmp_path / f"out.{out_ext}"
+    code, text = run("upscale", str(src), str(out), *FAST)
+    assert code == 0, text
+    result = load_image(out)
+    assert result.rgb.shape == (48, 40, 3)
+    if out_ext == "jpg":
+        assert result.rgb.dtype == np.uint8 and result.alpha is None
+        return
+    assert result.rgb.dtype == np.uint16 and result.alpha is not None and result.alpha.dtype == np.uint16
+    assert (result.rgb % 257 != 0).mean() > 0.9  # real 16-bit values, not 8-bit ones widened
+
+
+def test_grey_photos_come_out_grey(tmp_path: Path) -> None:
+    grey = np.asarray(Image.fromarray(photos("eval")["china"]).convert("L"))[100:130, 200:240]
+    src = save(Image.fromarray(grey), tmp_path / "in.png", "PNG")
+    code, text = run("upscale", str(src), str(tmp_path / "out.png"), *FAST)
+    assert code == 0, text
+    with Image.open(tmp_path / "out.png") as result:
+        assert result.mode == "L" and result.size == (160, 120)
+        small = np.asarray(result.resize((40, 30), Image.Resampling.BOX), dtype=np.float64)
+    # the SR image's luma keeps the photo's tones
+    assert np.abs(small - grey).mean() < 4
 
 
 def test_sixteen_bit_input_keeps_its_precision(tmp_path: Path) -> None:
@@ -161,12 +211,12 @@ def test_exif_orientation_is_applied(tmp_path: Path) -> None:
 
 def test_png_band_writer_streams_a_valid_png(tmp_path: Path) -> None:
     rows = np.random.default_rng(0).integers(0, 256, (30, 17, 4), dtype=np.uint8)
-    writer = PngBandWriter(tmp_path / "x.png", 17, 30, alpha=True)
+    writer = PngBandWriter(tmp_path / "x.png", 17, 30, channels=4)
     for i in range(0, 30, 7):
         writer.write(rows[i : i + 7])
     writer.close()
     assert np.array_equal(np.asarray(Image.open(tmp_path / "x.png")), rows)
-    broken = PngBandWriter(tmp_path / "y.png", 17, 30, alpha=True)
+    broken = PngBandWriter(tmp_path / "y.png", 17, 30, channels=4)
     broken.write(rows[:5])
     with pytest.raises(RuntimeError):
         broken.close()
