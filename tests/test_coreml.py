@@ -56,13 +56,14 @@ def test_weight_comparison_catches_an_altered_weight(tiny_model: MoRSR, static_f
     module = StageModule(tiny_model, "decoder", "static")
     assert compare_weights(module, static_fp16 / "decoder.mlpackage", 1e-3)["mismatched"] == []
     weight = tiny_model.vae.decoder.conv_in.weight
+    saved = weight.detach().clone()  # restored bit for bit: the model is shared by later tests
     with torch.no_grad():
         weight[0, 0, 0, 0] += 0.05
     try:
         report = compare_weights(module, static_fp16 / "decoder.mlpackage", 1e-3)
     finally:
         with torch.no_grad():
-            weight[0, 0, 0, 0] -= 0.05
+            weight.copy_(saved)
     assert any("decoder_conv_in_weight" in m for m in report["mismatched"])
 
 
