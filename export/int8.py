@@ -35,6 +35,8 @@ AUTO_THRESHOLD_DB = 40.0
 class Quantizer(Protocol):
     """What a target provides for INT8: quantize a float ONNX graph, and run the result."""
 
+    suffix: str  # of the files `quantize_stage` writes
+
     def quantize_stage(
         self, source: Path, path: Path, samples: list[Sample], float_nodes: set[str]
     ) -> None: ...
@@ -99,7 +101,7 @@ def sensitivity(
     all_nodes = {n for nodes in groups.values() for n in nodes}
     rows = []
     for i, (group, nodes) in enumerate(sorted(groups.items())):
-        path = scratch / f"sensitivity-{i}{source.suffix}"
+        path = scratch / f"sensitivity-{i}{quantizer.suffix}"
         quantizer.quantize_stage(source, path, samples, float_nodes=fixed_float | (all_nodes - set(nodes)))
         rows.append(
             {
