@@ -230,7 +230,6 @@ def test_evaluate_json_has_the_keys(tmp_path: Path) -> None:
     assert set(levels) == {"mild", "moderate", "severe"}
     # the per-severity means average to the overall mean (two images per level)
     assert np.mean([m["psnr_bicubic"] for m in levels.values()]) == pytest.approx(report["psnr_bicubic"])
-    assert levels["mild"]["psnr_bicubic"] > levels["severe"]["psnr_bicubic"]
     for name in ("active_experts.png", "grid.png"):
         assert (tmp_path / name).stat().st_size > 1000
 
