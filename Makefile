@@ -40,7 +40,8 @@ lint: install
 	$(BIN)/mypy
 
 test: lint
-	$(BIN)/python -m pytest -q
+	# two workers on one core each (tests/conftest.py), a test file per worker (module fixtures export once)
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 clean:
 	rm -rf $(VENV) $(OUT) build dist *.egg-info

@@ -15,12 +15,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from mor_edge.atomic import atomic_folder
 from mor_edge.errors import UserError
+from mor_edge.model_folder import read_weights_file
 
-FORMAT_VERSION = 1
+from .recipe_schema import check_recipe, check_tensors
+
 RECIPE_NAME = "recipe.json"
 TENSORS_NAME = "calibration.safetensors"
 CALIBRATED_STAGES = ("encoder", "unet", "decoder")  # the router stays in floating point
@@ -90,7 +92,7 @@ class CalibrationSet:
         }
         for routing, named in self.captured.items():
             tensors.update({f"{routing}.{k}": v for k, v in named.items()})
-        with atomic_folder(folder, force) as tmp:
+        with atomic_folder(folder, force, kind="calibration set") as tmp:
             save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp / TENSORS_NAME))
             (tmp / RECIPE_NAME).write_text(json.dumps(self.recipe, indent=2) + "\n")
         return Path(folder)
@@ -98,15 +100,19 @@ class CalibrationSet:
     @classmethod
     def load(cls, folder: str | Path) -> CalibrationSet:
         folder = Path(folder)
-        if not (folder / RECIPE_NAME).is_file() or not (folder / TENSORS_NAME).is_file():
+        paths = [folder / RECIPE_NAME, folder / TENSORS_NAME]
+        if not all(p.is_file() for p in paths):
             raise UserError(f"{folder}: not a calibration set ({RECIPE_NAME} or {TENSORS_NAME} is missing)")
+        if any(p.is_symlink() for p in paths) or paths[0].stat().st_size > 1 << 24:
+            raise UserError(
+                f"{folder}: a calibration set holds plain files (a symlink or an oversized recipe)"
+            )
         try:
-            recipe = json.loads((folder / RECIPE_NAME).read_text())
-            tensors = load_file(str(folder / TENSORS_NAME))
-        except (json.JSONDecodeError, OSError, ValueError) as exc:
-            raise UserError(f"{folder}: unreadable calibration set ({exc})") from None
-        if recipe.get("format_version") != FORMAT_VERSION:
-            raise UserError(f"{folder}: calibration set format {recipe.get('format_version')!r}, expected 1")
+            recipe = check_recipe(json.loads(paths[0].read_bytes()), str(paths[0]))
+            tensors = read_weights_file(paths[1])
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError, OSError) as exc:
+            raise UserError(f"{folder}: unreadable calibration set ({str(exc)[:120]})") from None
+        check_tensors(tensors, recipe, str(paths[1]))
         captured: dict[str, dict[str, torch.Tensor]] = {}
         for key, value in tensors.items():
             if "." in key:

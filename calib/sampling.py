@@ -21,7 +21,8 @@ from mor_edge.errors import UserError
 from mor_edge.model import MoRSR, model_fingerprint
 from mor_edge.routing import Buckets, apply_routing, clear_routing
 
-from .calibration_set import FORMAT_VERSION, CalibrationSet
+from .calibration_set import CalibrationSet
+from .recipe_schema import FORMAT_VERSION
 
 CAPTURE_ROUTINGS = ("static", "dynamic", "base")
 POOL_FACTOR = 4  # pool draws per calibration sample

@@ -9,6 +9,7 @@ layer groups are planned (`int8.py`), and the target's quantizer writes the stag
 
 from __future__ import annotations
 
+import os
 import platform
 import shutil
 import tempfile
@@ -239,8 +240,8 @@ def export(
     onnx_target = OnnxTarget(**{k: v for k, v in (target_options or {}).items() if k == "exporter"})
 
     with (
-        atomic_folder(out, force) as tmp,
-        tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.scratch-") as scratch,
+        atomic_folder(out, force, kind="artifact") as tmp,
+        tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.scratch-{os.getpid()}-") as scratch,
     ):
         quantization = _Quantization(
             cast(QuantizingTarget, tgt),

@@ -12,9 +12,10 @@ import numpy as np
 from mor_edge.errors import UserError
 from mor_edge.model import model_fingerprint
 
-__all__ = ["model_fingerprint"]
+from .manifest_schema import SCHEMA_VERSION, Manifest, validate_manifest
 
-SCHEMA_VERSION = 1
+__all__ = ["SCHEMA_VERSION", "Manifest", "model_fingerprint"]
+
 MANIFEST_NAME = "manifest.json"
 
 
@@ -46,42 +47,58 @@ def write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
     (folder / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
 
 
+MAX_MANIFEST_BYTES = 16 * 1024 * 1024
+
+
+def confined(folder: Path, rel: str) -> Path:
+    """`folder/rel` if it is a regular file or folder inside `folder` reached without symlinks
+    (the schema already refused absolute names and `..`); nothing else is ever opened."""
+    path = folder
+    for part in rel.split("/"):
+        path = path / part
+        if path.is_symlink():
+            raise ArtifactError(f"{folder}: {rel} goes through a symbolic link; artifacts hold plain files")
+    if not path.exists():
+        raise ArtifactError(f"{folder}: file {rel} is missing")
+    if not (path.is_file() or path.is_dir()):
+        raise ArtifactError(f"{folder}: {rel} is not a regular file")
+    return path
+
+
 class Artifact:
-    """A verified export folder: manifest plus files whose hashes match."""
+    """A verified export folder: a manifest that passes its schema, plus files inside the
+    folder whose hashes match."""
 
     def __init__(self, folder: str | Path, verify: bool = True) -> None:
         self.folder = Path(folder)
         path = self.folder / MANIFEST_NAME
         if not self.folder.is_dir():
             raise ArtifactError(f"{self.folder}: no such artifact folder")
-        if not path.is_file():
+        if not path.is_file() or path.is_symlink():
             raise ArtifactError(f"{self.folder}: not an artifact ({MANIFEST_NAME} is missing)")
+        if path.stat().st_size > MAX_MANIFEST_BYTES:
+            raise ArtifactError(f"{path}: {path.stat().st_size} bytes, too large for a manifest")
         try:
             self.manifest: dict[str, Any] = json.loads(path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise ArtifactError(f"{path}: unreadable manifest ({exc})") from None
+        except RecursionError:
+            raise ArtifactError(f"{path}: unreadable manifest (nested too deeply)") from None
         version = self.manifest.get("schema_version") if isinstance(self.manifest, dict) else None
-        if version != SCHEMA_VERSION:
+        if type(version) is int and version != SCHEMA_VERSION:
             raise ArtifactError(
                 f"{path}: manifest schema version {version!r}, this mor-edge reads version {SCHEMA_VERSION}"
             )
+        self.checked: Manifest = validate_manifest(self.manifest, str(path))
         if verify:
             self.verify()
 
     def verify(self) -> None:
-        files = self.manifest.get("files", {})
-        for stage, entry in self.manifest.get("stages", {}).items():
-            for variant in entry.get("variants", []):
-                name = variant["file"]
-                if name not in files and not any(f.startswith(name + "/") for f in files):
-                    raise ArtifactError(f"{self.folder}: stage {stage} file {variant['file']} is not listed")
-        for name in ("router", "encoder", "unet", "decoder"):
-            if name not in self.manifest.get("stages", {}):
-                raise ArtifactError(f"{self.folder}: manifest has no {name} stage")
-        for rel, digest in files.items():
-            path = self.folder / rel
+        """Every listed file is inside the folder and matches its hash."""
+        for rel, digest in self.checked.files.items():
+            path = confined(self.folder, rel)
             if not path.is_file():
-                raise ArtifactError(f"{self.folder}: file {rel} is missing")
+                raise ArtifactError(f"{self.folder}: {rel} is not a regular file")
             if sha256_file(path) != digest:
                 raise ArtifactError(f"{self.folder}: file {rel} does not match its sha256 in the manifest")
 
@@ -105,7 +122,7 @@ class Artifact:
         return dict(self.manifest["stages"][name])
 
     def stage_file(self, name: str, bucket: int | None = None) -> Path:
-        """The file that runs `name` (for `bucket` in static mode)."""
-        entry = self.stage(name)
-        index = entry["bucket_variant"][bucket] if bucket is not None and "bucket_variant" in entry else 0
-        return self.folder / entry["variants"][index]["file"]
+        """The file that runs `name` (for `bucket` in static mode), confined to the folder."""
+        entry = self.checked.stages[name]
+        index = entry.bucket_variant[bucket] if bucket is not None and entry.bucket_variant else 0
+        return confined(self.folder, entry.variants[index].file)

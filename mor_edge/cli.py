@@ -15,6 +15,9 @@ import click
 from .errors import UserError
 
 F = TypeVar("F", bound=Callable[..., Any])
+# The largest tile: the VAE mid-block attends over (tile * scale / 4)^2 latent tokens in the
+# reference (65536 at 256), time growing with their square.
+MAX_REFERENCE_TILE = 256
 
 
 def user_errors(fn: F) -> F:
@@ -48,7 +51,55 @@ model_option = click.option(
 )
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class Interrupted(BaseException):
+    """SIGTERM or SIGHUP, raised where Python runs next so that cleanup blocks run as for
+    Ctrl-C (temporary files and folders are removed)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_interrupted(signum: int, _frame: object) -> None:
+    raise Interrupted(signum)
+
+
+class MorEdgeCLI(click.Group):
+    """Exit codes: 0 done, 1 any user mistake (Click's usage errors included), 128 + N when
+    stopped by signal N (130 Ctrl-C, 143 SIGTERM, 129 SIGHUP), each with one line."""
+
+    def main(  # type: ignore[override]
+        self, args: Any = None, prog_name: str | None = None, **kwargs: Any
+    ) -> Any:
+        import signal
+        import sys
+        import threading
+
+        kwargs.pop("standalone_mode", None)
+        main_thread = threading.current_thread() is threading.main_thread()  # signal() needs it
+        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGHUP) if main_thread}
+        for sig in previous:
+            signal.signal(sig, _raise_interrupted)
+        try:
+            code = super().main(args, prog_name, standalone_mode=False, **kwargs)
+        except click.ClickException as exc:
+            exc.show()
+            code = 1
+        except (click.exceptions.Abort, KeyboardInterrupt):
+            click.echo("\ninterrupted (SIGINT); temporary files removed", err=True)
+            code = 128 + signal.SIGINT
+        except Interrupted as exc:
+            click.echo(
+                f"\ninterrupted ({signal.Signals(exc.signum).name}); temporary files removed", err=True
+            )
+            code = 128 + exc.signum
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+@click.group(cls=MorEdgeCLI, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="mor-edge")
 def main() -> None:
     """mor-edge: Mixture-of-Ranks one-step diffusion super-resolution for edge runtimes.
@@ -91,10 +142,13 @@ def info(model_dir: str | None, as_json: bool) -> None:
 
 
 threads_option = click.option(
-    "--threads", type=click.IntRange(1), default=None, help="Runtime threads (default: all cores)."
+    "--threads",
+    type=click.IntRange(1, 256),
+    default=None,
+    help="Runtime threads, 1-256 (default: all cores).",
 )
 samples_option = click.option(
-    "--samples", type=click.IntRange(1), default=6, show_default=True, help="Degraded held-out images."
+    "--samples", type=click.IntRange(1, 1000), default=6, show_default=True, help="Degraded held-out images."
 )
 
 
@@ -110,12 +164,16 @@ samples_option = click.option(
 )
 @click.option(
     "--tile",
-    type=click.IntRange(8),
+    type=click.IntRange(8, MAX_REFERENCE_TILE),
     default=None,
-    help="LR tile side. Default: the artifact's input size, or 128 for the reference.",
+    help=f"LR tile side, 8-{MAX_REFERENCE_TILE} (memory and attention grow with it). Default: the "
+    "artifact's input size, or 128 for the reference.",
 )
 @click.option(
-    "--overlap", type=click.IntRange(0), default=None, help="LR overlap between tiles. Default: tile/4."
+    "--overlap",
+    type=click.IntRange(0, MAX_REFERENCE_TILE - 1),
+    default=None,
+    help="LR overlap between tiles. Default: tile/4.",
 )
 @click.option(
     "--norm",
@@ -167,6 +225,8 @@ def upscale(
 
         if norm == "whole":
             raise UserError("--norm whole needs the PyTorch reference: artifacts have fixed graphs")
+        if model_dir is not None:
+            raise UserError("--model and --artifact exclude each other: an artifact holds its model")
         engine = load_runtime(artifact, threads)
         if tile is not None and tile != engine.tile_size:
             raise UserError(
@@ -355,13 +415,14 @@ def export_command(
 
     model = _load(model_dir)
     precision = precision or ("fp16" if target == "coreml" else "fp32")  # export()'s defaults
-    out = out or f"artifacts/{model.config.name}-{target}-{routing}-{precision}"
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
     options: dict[str, Any] = {} if target == "coreml" else {"exporter": exporter}  # coreml traces itself
     if calibration_method != "minmax":
         if target != "onnx":
             raise UserError("--calibration-method applies to the onnx target (NNCF picks its own ranges)")
         options["calibration_method"] = calibration_method
+    if out is None:  # the default place is made on demand; a given --out's folder must exist
+        out = f"artifacts/{model.config.name}-{target}-{routing}-{precision}"
+        Path(out).parent.mkdir(exist_ok=True)
     path = export(
         model,
         out,
@@ -454,12 +515,12 @@ def _print_quantization(artifact_dir: str) -> None:
 )
 @click.option(
     "--samples",
-    type=click.IntRange(1),
+    type=click.IntRange(1, 10_000),
     default=64,
     show_default=True,
-    help="Calibration samples (at least the number of buckets).",
+    help="Calibration samples (at least the number of buckets; at most 10000).",
 )
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True)
 @click.option(
     "--bucket-levels",
     type=click.IntRange(1, 4),
@@ -528,7 +589,7 @@ def calibrate(
 @click.argument("artifact", type=click.Path(file_okay=False))
 @model_option
 @samples_option
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True)
 @threads_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @user_errors
@@ -548,8 +609,8 @@ def parity(
 
 @main.command()
 @click.argument("artifact", type=click.Path(file_okay=False))
-@click.option("--warmup", type=click.IntRange(0), default=3, show_default=True)
-@click.option("--runs", type=click.IntRange(1), default=10, show_default=True)
+@click.option("--warmup", type=click.IntRange(0, 1000), default=3, show_default=True)
+@click.option("--runs", type=click.IntRange(1, 10000), default=10, show_default=True)
 @threads_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @user_errors
@@ -562,10 +623,6 @@ def bench(artifact: str, warmup: int, runs: int, threads: int | None, as_json: b
         _print_bench(report)
 
 
-if __name__ == "__main__":
-    main()
-
-
 @main.command()
 @click.option("--preset", type=click.Choice(["tiny", "sd21"]), default="tiny", show_default=True)
 @click.option(
@@ -575,7 +632,7 @@ if __name__ == "__main__":
     show_default=True,
     help="Run folder: log.jsonl, checkpoint/ (resumed automatically), model/ at the end.",
 )
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True)
 @click.option(
     "--sd",
     "sd_folder",
@@ -596,11 +653,13 @@ if __name__ == "__main__":
     default=None,
     help="Folder of HR training images (default: the built-in photos' training split).",
 )
-@click.option("--estimator-steps", type=click.IntRange(0), default=None)
-@click.option("--base-steps", type=click.IntRange(0), default=None)
-@click.option("--mor-steps", type=click.IntRange(0), default=None)
-@click.option("--batch-size", type=click.IntRange(1), default=None)
-@click.option("--hr-size", type=click.IntRange(16), default=None, help="HR crop side (a multiple of 32).")
+@click.option("--estimator-steps", type=click.IntRange(0, 1_000_000), default=None)
+@click.option("--base-steps", type=click.IntRange(0, 1_000_000), default=None)
+@click.option("--mor-steps", type=click.IntRange(0, 1_000_000), default=None)
+@click.option("--batch-size", type=click.IntRange(1, 1024), default=None)
+@click.option(
+    "--hr-size", type=click.IntRange(32, 1024), default=None, help="HR crop side (a multiple of 32, 32-1024)."
+)
 @click.option("--fresh", is_flag=True, help="Ignore an existing checkpoint in --out.")
 @user_errors
 def train(
@@ -622,6 +681,7 @@ def train(
     --clip only the MoR experts train, on pretrained weights, CLIP zero-shot."""
     import shutil
 
+    from .atomic import MARKER, made_by_us
     from .model import MoRSR
     from .training import TrainConfig, Trainer, initial_model
 
@@ -641,15 +701,20 @@ def train(
     config = TrainConfig(seed=seed, images=images, **overrides)
     if images is not None and not Path(images).is_dir():
         raise UserError(f"{images}: no such folder")
+    if sd_folder is not None and clip_folder is None:
+        raise UserError("--sd needs --clip (a local CLIP folder for the degradation scores)")
     run = Path(out)
-    if fresh and run.exists():
-        shutil.rmtree(run)
-    if (run / "checkpoint" / "config.json").is_file():
+    if run.exists() and not (run.is_dir() and made_by_us(run)):
+        raise UserError(
+            f"{run} is not a run folder mor-edge made (no {MARKER} file in it) and not empty; "
+            "choose another --out"
+        )
+    resume = not fresh and (run / "checkpoint" / "config.json").is_file()
+    if resume:
         model = MoRSR.from_pretrained(run / "checkpoint")
         click.echo(f"resuming from {run / 'checkpoint'}")
     elif sd_folder is not None:
-        if clip_folder is None:
-            raise UserError("--sd needs --clip (a local CLIP folder for the degradation scores)")
+        assert clip_folder is not None
         from .config import PRESETS
 
         try:
@@ -659,6 +724,8 @@ def train(
         config.estimator_steps = config.base_steps = 0
     else:
         model = initial_model(preset, seed)
+    if fresh and run.exists():  # every check has passed, and the folder is one of our runs
+        shutil.rmtree(run)
     trained = Trainer(model, config, run).run()
     trained.save_pretrained(run / "model")
     click.echo(f"wrote {run / 'model'} (log: {run / 'log.jsonl'})")
@@ -669,13 +736,13 @@ def train(
 @click.option(
     "--images",
     "count",
-    type=click.IntRange(3),
+    type=click.IntRange(3, 10_000),
     default=90,
     show_default=True,
     help="Held-out degraded images (severities cycle mild/moderate/severe; 90 gives 30 per "
     "level: with 10 per level, the per-level means of experts and scores are mostly noise).",
 )
-@click.option("--seed", type=int, default=1234, show_default=True)
+@click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=1234, show_default=True)
 @click.option(
     "--photos",
     "photos_dir",
@@ -787,3 +854,7 @@ def _quality_table(report: dict[str, Any]) -> str:
     widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)) for r in rows]
     return "\n".join([*lines, "(SR / bicubic)"])
+
+
+if __name__ == "__main__":
+    main()

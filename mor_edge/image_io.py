@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .atomic import TEMP_PREFIX, remove_stale_temp_files
 from .errors import UserError
 
 INPUT_FORMATS = ("PNG", "JPEG", "MPO", "WEBP", "TIFF", "BMP")
@@ -47,12 +48,14 @@ DECODE_ERRORS = (OSError, SyntaxError, ValueError, struct.error, zlib.error, EOF
 @dataclass
 class LoadedImage:
     """Colour (H, W, 3) and optional alpha (H, W) as stored (uint8, or uint16 for 16-bit);
-    `grey` for greyscale files (their channels are equal here, and the output is grey)."""
+    `grey` for greyscale files (their channels are equal here, and the output is grey);
+    `frames` of an animated or multi-page file (only the first is read)."""
 
     rgb: np.ndarray
     alpha: np.ndarray | None
     path: Path
     grey: bool = False
+    frames: int = 1
 
     @property
     def height(self) -> int:
@@ -177,13 +180,14 @@ def load_image(path: str | Path) -> LoadedImage:
     try:
         with image:
             grey = image.mode in GREY_MODES
+            frames = int(getattr(image, "n_frames", 1))
             deep = _sixteen_bit_colour(image, path)
             if deep is not None:
                 deep = _orient(deep, image.getexif().get(0x0112, 1))
                 colour = 1 if deep.shape[2] < 3 else 3  # grey(+alpha) or RGB(+alpha)
                 rgb = np.repeat(deep[..., :1], 3, axis=2) if colour == 1 else deep[..., :3]
                 alpha = deep[..., colour] if deep.shape[2] > colour else None
-                return LoadedImage(np.ascontiguousarray(rgb), alpha, path, grey=colour == 1)
+                return LoadedImage(np.ascontiguousarray(rgb), alpha, path, grey=colour == 1, frames=frames)
             ImageOps.exif_transpose(image, in_place=True)  # no second copy of a big image
             # np.asarray decodes the whole file here, inside the error handling
             rgb, alpha = _split(image, path)
@@ -191,9 +195,19 @@ def load_image(path: str | Path) -> LoadedImage:
         raise
     except (*DECODE_ERRORS, ImportError) as exc:
         raise UserError(f"{path}: unreadable image ({exc})") from None
-    # a colour file whose channels are all equal holds a grey photo: it comes out grey too
-    grey = grey or bool(np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 1], rgb[..., 2]))
-    return LoadedImage(rgb=rgb, alpha=alpha, path=path, grey=grey)
+    return LoadedImage(rgb=rgb, alpha=alpha, path=path, grey=grey or looks_grey(rgb), frames=frames)
+
+
+# Lossy formats without a grey mode (WebP, RGB JPEG) store a grey photo with chroma noise of a
+# level or two; more than this is colour.
+GREY_TOLERANCE = 2
+
+
+def looks_grey(rgb: np.ndarray) -> bool:
+    """A colour file whose channels agree to within `GREY_TOLERANCE` holds a grey photo, and
+    comes out grey too."""
+    g = rgb[..., 1].astype(np.int16)
+    return all(int(np.abs(rgb[..., c].astype(np.int16) - g).max(initial=0)) <= GREY_TOLERANCE for c in (0, 2))
 
 
 def folder_images(folder: str | Path) -> dict[str, np.ndarray]:
@@ -225,6 +239,8 @@ def check_output_path(path: str | Path) -> Path:
     output_format(path)
     if not path.parent.is_dir():
         raise UserError(f"{path}: folder {path.parent} does not exist")
+    if len(os.fsencode(path.name)) > os.pathconf(path.parent, "PC_NAME_MAX"):
+        raise UserError(f"{path.name[:40]}...: file name too long for {path.parent}")
     if path.is_dir():
         raise UserError(f"{path}: is a folder")
     if not os.access(path.parent, os.W_OK):
@@ -240,9 +256,11 @@ def _umask() -> int:
 
 @contextlib.contextmanager
 def atomic_output(path: Path) -> Iterator[BinaryIO]:
-    """A temporary file next to `path`, renamed onto it only if the block succeeds."""
-    try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    """A temporary file next to `path`, renamed onto it only if the block succeeds (what a
+    killed writer leaves is recognisable by name and removed by the next write there)."""
+    remove_stale_temp_files(path.parent)
+    try:  # a short name: it fits wherever the final name fits
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{TEMP_PREFIX}{os.getpid()}-", suffix=".tmp")
     except OSError as exc:
         raise UserError(f"{path}: cannot write ({exc.strerror})") from None
     try:

@@ -18,19 +18,24 @@ from typing import Any
 
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from .colour import ColourStep
 from .config import MoRSRConfig
 from .degradation import DegradationEstimator
 from .injection import InjectionSummary, inject_mor
+from .model_folder import (
+    CONFIG_NAME,
+    WEIGHTS_NAME,
+    ModelFolderError,
+    check_weights,
+    read_config,
+    read_weights,
+)
 from .mor_layers import MoRLayer
 from .resize import bicubic
 from .routing import Buckets, Routing, apply_routing, clear_routing, mor_layers
-
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
 
 
 @contextlib.contextmanager
@@ -211,15 +216,20 @@ class MoRSR(nn.Module):
 
     @classmethod
     def from_pretrained(cls, folder: str | Path) -> MoRSR:
+        """A model folder, checked before use (`mor_edge.model_folder`): one-line errors for a
+        missing or malformed config, damaged or mismatched weights, a pickle, a symlink."""
         folder = Path(folder)
-        cfg_path, weights_path = folder / CONFIG_NAME, folder / WEIGHTS_NAME
-        for path in (cfg_path, weights_path):
-            if not path.is_file():
-                raise FileNotFoundError(f"not a mor-edge model folder: {path} is missing")
-        config = MoRSRConfig.load(cfg_path)
-        with skip_init():
-            model = cls(config)
-        model.load_state_dict(load_file(str(weights_path)), strict=True)
+        if not folder.is_dir():
+            raise ModelFolderError(f"{folder}: no such model folder")
+        config = read_config(folder)
+        weights = read_weights(folder)
+        try:
+            with skip_init():
+                model = cls(config)
+        except (ValueError, TypeError, RuntimeError) as exc:  # diffusers' own config checks
+            raise ModelFolderError(f"{folder / CONFIG_NAME}: {str(exc)[:160]}") from None
+        check_weights(weights, model.state_dict(), folder / WEIGHTS_NAME)
+        model.load_state_dict(weights, strict=True)
         return model.eval()
 
     @classmethod

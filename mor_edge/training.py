@@ -36,6 +36,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm import tqdm
 
+from .atomic import mark
 from .data import random_crop
 from .dead_leaves import colour_palette, dead_leaves_images
 from .degradations import SEVERITIES, degrade
@@ -326,6 +327,7 @@ class Trainer:
 
     def run(self) -> MoRSR:
         self.out.mkdir(parents=True, exist_ok=True)
+        mark(self.out, "training run")  # `train --fresh` deletes only folders that have it
         resumed = self.resume_state()
         if resumed is not None:
             self.state = {k: resumed[k] for k in ("stage", "step", "done")}

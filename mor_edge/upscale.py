@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,7 +49,11 @@ def upscale_file(
     (PNG, TIFF). PNG is streamed band by band; other formats are assembled in memory. Returns
     the input and output sizes."""
     dst = check_output_path(dst)
+    if Path(src).resolve() == dst.resolve() or (dst.exists() and Path(src).exists() and dst.samefile(src)):
+        raise UserError(f"{dst} is the input file: the output would replace it; choose another name")
     image = load_image(src)
+    if image.frames > 1:
+        print(f"note: {src} has {image.frames} frames; the first is upscaled", file=sys.stderr)
     fmt = output_format(dst)
     dtype = np.uint16 if image.rgb.dtype == np.uint16 and fmt in DEEP_FORMATS else np.uint8
     scale = engine.scale
@@ -83,10 +88,24 @@ def upscale_file(
 
 
 def batch_outputs(src_dir: Path, dst_dir: Path, suffix: str) -> list[tuple[Path, Path]]:
-    """(input, output) pairs for every file in `src_dir`, outputs named <stem><suffix>."""
+    """(input, output) pairs for every file in `src_dir`, outputs named <stem><suffix>.
+    Refused before any work where an output could overwrite an input or another output: an
+    output folder that is the input folder or inside it, or two inputs with one output name."""
     if not dst_dir.is_dir():
         raise UserError(f"{dst_dir}: output folder does not exist")
+    src, dst = src_dir.resolve(), dst_dir.resolve()
+    if dst == src or src in dst.parents:
+        raise UserError(
+            f"{dst_dir} is the input folder or inside it: its outputs would overwrite or join "
+            "the inputs; choose another output folder"
+        )
     files = sorted(p for p in src_dir.iterdir() if p.is_file() and not p.name.startswith("."))
     if not files:
         raise UserError(f"{src_dir}: no files to upscale")
+    by_output: dict[str, list[str]] = {}
+    for p in files:
+        by_output.setdefault(f"{p.stem}{suffix}", []).append(p.name)
+    clashes = [f"{' and '.join(names)} -> {out}" for out, names in by_output.items() if len(names) > 1]
+    if clashes:
+        raise UserError(f"inputs would share an output name ({'; '.join(clashes)}); rename them first")
     return [(p, dst_dir / f"{p.stem}{suffix}") for p in files]

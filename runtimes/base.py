@@ -33,7 +33,7 @@ class Runtime(abc.ABC):
 
     def __init__(self, artifact: Artifact, threads: int | None = None) -> None:
         self.artifact = artifact
-        self.threads = threads or os.cpu_count() or 1
+        self.threads = threads or len(os.sched_getaffinity(0))  # the cores this process may use
         self._sessions: dict[Any, Any] = {}
 
     @abc.abstractmethod
@@ -46,10 +46,31 @@ class Runtime(abc.ABC):
         """What was run, for reports: runtime, version, threads."""
         return {"runtime": self.name, "threads": self.threads}
 
+    def io_shapes(self, session: Any) -> dict[str, tuple[int, ...]] | None:
+        """Name -> shape of a loaded stage's inputs and outputs, for the check against the
+        manifest; None where the runtime cannot say without running (Core ML off macOS)."""
+        return None
+
     def session(self, stage: str, bucket: int | None = None) -> Any:
+        """The loaded stage file, refused unless its inputs and outputs are the manifest's
+        (a swapped or foreign graph fails here, not in the middle of a run)."""
         path = self.artifact.stage_file(stage, bucket)
         if path not in self._sessions:
-            self._sessions[path] = self._load(path)
+            rel = path.relative_to(self.artifact.folder)
+            try:
+                session = self._load(path)
+            except Exception as exc:  # each runtime raises its own types for a bad file
+                first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+                raise ArtifactError(f"{self.artifact.folder}: {rel} does not load ({first})") from None
+            entry = self.artifact.checked.stages[stage]
+            want = {t.name: tuple(t.shape) for t in (*entry.inputs, *entry.outputs)}
+            have = self.io_shapes(session)
+            if have is not None and have != want:
+                raise ArtifactError(
+                    f"{self.artifact.folder}: {rel} takes and gives {have}, but the manifest's {stage} "
+                    f"stage is {want}"
+                )
+            self._sessions[path] = session
         return self._sessions[path]
 
     def run_stage(self, stage: str, inputs: dict[str, np.ndarray], bucket: int | None = None) -> np.ndarray:

@@ -53,5 +53,11 @@ class OpenVinoRuntime(Runtime):
         result = session(inputs)
         return [np.asarray(result[port]) for port in session.outputs]
 
+    def io_shapes(self, session: Any) -> dict[str, tuple[int, ...]]:
+        ports = (*session.inputs, *session.outputs)
+        return {
+            port.get_any_name(): tuple(int(d) for d in port.get_partial_shape().to_shape()) for port in ports
+        }
+
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "version": ov.__version__, "device": self.device, "streams": 1}

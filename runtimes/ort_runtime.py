@@ -34,5 +34,8 @@ class OrtRuntime(Runtime):
     def _run(self, session: Any, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
         return list(session.run(None, inputs))
 
+    def io_shapes(self, session: Any) -> dict[str, tuple[int, ...]]:
+        return {t.name: tuple(t.shape) for t in (*session.get_inputs(), *session.get_outputs())}
+
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "version": ort.__version__, "providers": self.providers}

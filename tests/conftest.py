@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,15 @@ from mor_edge.builtin import load_model
 from mor_edge.model import MoRSR
 
 from .fixtures import save_tiny_clip, save_tiny_sd
+
+# Under pytest-xdist (`make test`: two workers), each worker keeps to one core: the libraries'
+# thread pools (torch, ONNX Runtime, OpenVINO) would otherwise spin on both cores in both
+# workers, which measured slower than one worker.
+WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+if WORKER and hasattr(os, "sched_setaffinity"):
+    cores = sorted(os.sched_getaffinity(0))
+    os.sched_setaffinity(0, {cores[int(WORKER.removeprefix("gw")) % len(cores)]})
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

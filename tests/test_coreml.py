@@ -22,6 +22,7 @@ from mor_edge.routing import Buckets
 
 ON_MACOS = platform.system() == "Darwin"
 TWO_BUCKETS = Buckets(Buckets.grid(2, 4).centres[[0, 15]])
+W8_RATIO_BOUND = 0.65  # dynamic unet, W8 package weights over 2 bytes per parameter: 0.62 measured
 
 
 def weight_bytes(package: Path) -> int:
@@ -67,28 +68,30 @@ def test_weight_comparison_catches_an_altered_weight(tiny_model: MoRSR, static_f
     assert any("decoder_conv_in_weight" in m for m in report["mismatched"])
 
 
-def test_dynamic_routing_is_one_function_with_routing_ops_flagged(tiny_model: MoRSR, tmp_path: Path) -> None:
-    folder = export(tiny_model, tmp_path / "dyn", target="coreml", routing="dynamic", progress=False)
-    manifest = json.loads((folder / "manifest.json").read_text())
-    assert manifest["precision"] == "fp16" and manifest["created_by"]["deployment_target"] == "iOS17"
+def test_cli_export_dynamic_w8_flags_routing_ops_and_shrinks_weights(
+    tiny_model: MoRSR, tmp_path: Path
+) -> None:
+    """The CLI path on this machine (validation printed, parity skipped off macOS): dynamic
+    routing is one function whose routing ops are flagged, with W8 weights."""
+    out = tmp_path / "w8"
+    args = ["export", "--target", "coreml", "--routing", "dynamic", "--precision", "w8", "--out", str(out)]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert "validation (w8" in result.output and "not on Neural Engine" in result.output
+    if not ON_MACOS:
+        assert "parity and bench skipped" in result.output
+    manifest = json.loads((out / "manifest.json").read_text())
     unet = manifest["stages"]["unet"]
-    assert [t["name"] for t in unet["inputs"]] == ["latent", "s"]
+    assert [t["name"] for t in unet["inputs"]] == ["latent", "s"] and len(unet["variants"]) == 1
     ops = unet["variants"][0]["validation"]["ops"]
     assert {"topk"} <= set(ops["not_on_neural_engine"])
     assert ops["counts"]["conv"] > 10
-
-
-def test_eight_bit_weights_shrink_the_package(tiny_model: MoRSR, static_fp16: Path, tmp_path: Path) -> None:
-    folder = export(
-        tiny_model, tmp_path / "w8", target="coreml", precision="w8", buckets=TWO_BUCKETS, progress=False
-    )
-    ratio = weight_bytes(folder / "unet.mlpackage") / weight_bytes(static_fp16 / "unet.mlpackage")
-    # tensors under coremltools' 2048-element threshold (biases, norms, LoRA slices) stay
-    # fp16: 0.56 on this tiny model; the sd21 figure is in the README
-    assert ratio <= 0.6
-    manifest = json.loads((folder / "manifest.json").read_text())
-    w = manifest["stages"]["unet"]["variants"][0]["validation"]["weights"]
+    w = unet["variants"][0]["validation"]["weights"]
     assert w["mismatched"] == [] and 1e-4 < w["max_relative_error"] <= 1 / 127
+    fp16_bytes = 2 * sum(p.numel() for p in tiny_model.unet.parameters())  # with its adapters
+    # tensors under coremltools' 2048-element threshold (biases, norms, most LoRA factors)
+    # stay fp16, so W8 is not half of FP16 on this tiny model; the sd21 figure is in the README
+    assert weight_bytes(out / "unet.mlpackage") <= W8_RATIO_BOUND * fp16_bytes
 
 
 @pytest.mark.skipif(ON_MACOS, reason="checks the error raised where Core ML cannot run")
@@ -108,18 +111,6 @@ def test_prediction_paths_raise_the_documented_error(
 def test_parity_on_macos(tiny_model: MoRSR, static_fp16: Path) -> None:
     report = run_parity(load_runtime(static_fp16), tiny_model, samples=2)
     assert report["passed"], report["failures"]
-
-
-def test_cli_export_coreml_on_this_machine(tmp_path: Path) -> None:
-    out = tmp_path / "cli"
-    result = CliRunner().invoke(
-        main, ["export", "--target", "coreml", "--bucket-levels", "1", "--out", str(out)]
-    )
-    assert result.exit_code == 0, result.output
-    assert "validation (fp16" in result.output and "not on Neural Engine" in result.output
-    assert (out / "manifest.json").is_file() and (out / "unet.v0.mlpackage").is_dir()
-    if not ON_MACOS:
-        assert "parity and bench skipped" in result.output
 
 
 def test_sliced_bucket_equals_the_bucketed_reference(tiny_model: MoRSR) -> None:

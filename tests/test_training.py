@@ -97,10 +97,11 @@ def test_a_few_steps_reduce_the_loss_and_touch_only_trainable_parameters(
     stage: str, prefixes: tuple[str, ...], tmp_path: Path
 ) -> None:
     model = initial_model("tiny", seed=0)
-    if stage == "mor":  # adapters on top of a base: make B non-zero so gradients reach A too
-        with torch.no_grad():
+    if stage == "mor":  # adapters on top of a trained base: B non-zero so gradients reach A too,
+        with torch.no_grad():  # and a residual decoder no longer zero at its output
             for layer in model.layers().values():
                 layer.lora_B.normal_(std=0.01)
+            model.vae.decoder.conv_out.weight.normal_(std=0.01)
     steps = {"estimator_steps": 0, "base_steps": 0, "mor_steps": 0, f"{stage}_steps": 12}
     config = TrainConfig(**SMALL, **steps)
     data = small_data(config, model)

@@ -192,6 +192,14 @@ def test_grey_photos_come_out_grey(tmp_path: Path) -> None:
     assert sr_error < 1.5 * bicubic_error + 3, (sr_error, bicubic_error)
 
 
+def test_grey_stored_as_lossy_colour_counts_as_grey_and_a_tint_does_not(tmp_path: Path) -> None:
+    grey = np.asarray(Image.fromarray(photos("eval")["china"]).convert("L"))[100:160, 200:280]
+    src = save(Image.fromarray(grey).convert("RGB"), tmp_path / "grey.jpg", "JPEG", quality=60)
+    assert load_image(src).grey  # JPEG's chroma noise of a level or two is not colour
+    tinted = np.stack([grey, grey, np.clip(grey.astype(int) + 4, 0, 255).astype(np.uint8)], axis=-1)
+    assert not load_image(save(Image.fromarray(tinted), tmp_path / "tint.png", "PNG")).grey
+
+
 def test_sixteen_bit_input_keeps_its_precision(tmp_path: Path) -> None:
     ramp = np.arange(20 * 20, dtype=np.uint16).reshape(20, 20) * 163
     src = save(Image.fromarray(ramp), tmp_path / "in.png", "PNG")
@@ -320,22 +328,14 @@ def test_folder_mode_reports_failures_and_goes_on(tmp_path: Path) -> None:
 
 
 def test_artifact_for_a_missing_runtime_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from mor_edge.export.exporter import export
     from mor_edge.runtimes.base import load_runtime
 
-    folder = export(
-        MoRSR.from_pretrained(_saved_tiny(tmp_path)), tmp_path / "art", routing="dynamic", progress=False
-    )
+    from .toy_artifact import write_toy_artifact
+
+    folder = write_toy_artifact(tmp_path / "art")
     monkeypatch.setitem(sys.modules, "mor_edge.runtimes.ort_runtime", None)
     with pytest.raises(ArtifactError, match="need onnxruntime, which is not installed"):
         load_runtime(folder)
-
-
-def _saved_tiny(tmp_path: Path) -> Path:
-    from mor_edge.builtin import load_model
-
-    load_model(None).save_pretrained(tmp_path / "model")
-    return tmp_path / "model"
 
 
 def test_whole_image_norm_gathers_each_pixel_once() -> None:
