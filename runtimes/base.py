@@ -23,6 +23,11 @@ class PipelineResult:
     bucket: int | None  # static routing only
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity mask where the OS has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 class Runtime(abc.ABC):
     """Loads an artifact's stage files on one runtime and runs them.
 
@@ -33,7 +38,7 @@ class Runtime(abc.ABC):
 
     def __init__(self, artifact: Artifact, threads: int | None = None) -> None:
         self.artifact = artifact
-        self.threads = threads or len(os.sched_getaffinity(0))  # the cores this process may use
+        self.threads = threads or usable_cores()
         self._sessions: dict[Any, Any] = {}
 
     @abc.abstractmethod
@@ -59,6 +64,8 @@ class Runtime(abc.ABC):
             rel = path.relative_to(self.artifact.folder)
             try:
                 session = self._load(path)
+            except UserError:
+                raise
             except Exception as exc:  # each runtime raises its own types for a bad file
                 first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
                 raise ArtifactError(f"{self.artifact.folder}: {rel} does not load ({first})") from None
