@@ -9,7 +9,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
 
 from mor_edge.errors import UserError
-from mor_edge.schema import Real, schema_error
+from mor_edge.schema import Real, Sha256, schema_error
 
 FORMAT_VERSION = 1
 MAX_SAMPLES = 100_000
@@ -22,7 +22,7 @@ class Recipe(BaseModel):
     seed: Annotated[StrictInt, Field(ge=0)]
     samples: Annotated[StrictInt, Field(ge=1, le=MAX_SAMPLES)]
     sr_size: Annotated[StrictInt, Field(ge=8, le=8192)]
-    model_hash: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+    model_hash: Sha256
     bucket_levels: Annotated[StrictInt, Field(ge=1, le=16)]
     buckets: Annotated[
         list[Annotated[list[Annotated[Real, Field(ge=-1e3, le=1e3)]], Field(min_length=1, max_length=64)]],

@@ -10,12 +10,11 @@ allocation, file names are confined to the artifact folder by construction (rela
 from __future__ import annotations
 
 import math
-import re
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, ValidationError, model_validator
 
-from mor_edge.schema import Real, schema_error
+from mor_edge.schema import Real, Sha256, schema_error
 
 SCHEMA_VERSION = 1
 TARGETS = ("onnx", "openvino", "coreml", "tensorrt")
@@ -25,7 +24,6 @@ MAX_SIDE = 4096  # of any image or latent tensor a stage takes
 MAX_ELEMENTS = 64 * 1024 * 1024  # per tensor: 256 MB of float32
 MAX_SCALE = 16
 MAX_BUCKETS = 4096
-SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 def relative_file(name: str) -> str:
@@ -49,11 +47,13 @@ Dim = Annotated[StrictInt, Field(ge=1, le=MAX_SIDE)]
 Score = Annotated[Real, Field(ge=-1e3, le=1e3)]
 
 
-class Strict(BaseModel):
+class Entry(BaseModel):
+    """An object of the manifest: keys beyond the checked ones are kept (reports, versions)."""
+
     model_config = ConfigDict(extra="allow", frozen=True)
 
 
-class TensorEntry(Strict):
+class TensorEntry(Entry):
     name: Annotated[str, Field(min_length=1, max_length=64)]
     shape: Annotated[list[Dim], Field(min_length=1, max_length=6)]
     dtype: Literal["float32", "float16", "int64", "int32", "uint8"] = "float32"
@@ -65,12 +65,12 @@ class TensorEntry(Strict):
         return self
 
 
-class Variant(Strict):
+class Variant(Entry):
     file: RelativeFile
     buckets: list[Annotated[StrictInt, Field(ge=0, lt=MAX_BUCKETS)]] | None = None
 
 
-class StageEntry(Strict):
+class StageEntry(Entry):
     inputs: Annotated[list[TensorEntry], Field(min_length=1, max_length=4)]
     outputs: Annotated[list[TensorEntry], Field(min_length=1, max_length=4)]
     precision: Literal[PRECISIONS]  # type: ignore[valid-type]
@@ -84,7 +84,7 @@ class StageEntry(Strict):
         return self
 
 
-class Routing(Strict):
+class Routing(Entry):
     mode: Literal["static", "dynamic", "base"]
     buckets: (
         Annotated[
@@ -94,18 +94,18 @@ class Routing(Strict):
     ) = None
 
 
-class ModelEntry(Strict):
+class ModelEntry(Entry):
     name: str
-    hash: Annotated[str, Field(pattern=SHA256.pattern)]
+    hash: Sha256
     source: str
     label: str = ""
 
 
-class Colour(Strict):
+class Colour(Entry):
     tile_margin: Annotated[StrictInt, Field(ge=0, le=1024)] = 0
 
 
-class Manifest(Strict):
+class Manifest(Entry):
     schema_version: Annotated[StrictInt, Field(ge=SCHEMA_VERSION, le=SCHEMA_VERSION)]
     target: Literal[TARGETS]  # type: ignore[valid-type]
     precision: Literal[PRECISIONS]  # type: ignore[valid-type]
@@ -113,7 +113,7 @@ class Manifest(Strict):
     model: ModelEntry
     scale: Annotated[StrictInt, Field(ge=1, le=MAX_SCALE)]
     stages: dict[Literal[STAGE_NAMES], StageEntry]  # type: ignore[valid-type]
-    files: dict[RelativeFile, Annotated[str, Field(pattern=SHA256.pattern)]]
+    files: dict[RelativeFile, Sha256]
     colour: Colour | None = None
 
     @model_validator(mode="after")

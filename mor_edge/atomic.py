@@ -80,8 +80,15 @@ def clean_leftovers(out: Path) -> None:
 TEMP_PREFIX = ".mor-edge-"  # + PID + random + ".tmp": a file being written by that process
 
 
+_swept: set[Path] = set()  # folders already cleaned by this process
+
+
 def remove_stale_temp_files(folder: Path) -> None:
-    """Remove temporary output files in `folder` whose writer no longer runs."""
+    """Remove temporary output files in `folder` whose writer no longer runs; once per folder
+    and process (folder mode writes many files into one folder)."""
+    if folder in _swept:
+        return
+    _swept.add(folder)
     pattern = re.compile(rf"{re.escape(TEMP_PREFIX)}(\d+)-\w+\.tmp$")
     with contextlib.suppress(OSError):
         for path in folder.iterdir():
@@ -121,7 +128,7 @@ def claim(out: Path) -> Iterator[None]:
 def atomic_folder(out: str | Path, force: bool = False, kind: str = "folder") -> Iterator[Path]:
     """Yields an empty temporary folder; on success it replaces `out` (marked as `kind`)."""
     out = Path(out)
-    check_destination(out, force)
+    check_destination(out, force)  # refused before any lock or scratch is made
     clean_leftovers(out)
     with claim(out):
         check_destination(out, force)  # again, now that no other writer can start

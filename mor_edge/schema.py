@@ -1,12 +1,12 @@
 """Shared pieces of the JSON schemas (model config, artifact manifest, calibration recipe):
-finite numbers, and pydantic's first error as one line naming the file and the field."""
+finite numbers, SHA-256 digests, and pydantic's first error as one line naming the file and the field."""
 
 from __future__ import annotations
 
 import math
 from typing import Annotated
 
-from pydantic import AfterValidator, ValidationError
+from pydantic import AfterValidator, Field, ValidationError
 
 
 def finite(value: float) -> float:
@@ -16,6 +16,7 @@ def finite(value: float) -> float:
 
 
 Real = Annotated[float, AfterValidator(finite)]
+Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]  # a hex digest, whole
 
 
 def schema_error(exc: ValidationError, where: str) -> str:

@@ -1,4 +1,5 @@
-"""Tiny Stable Diffusion and CLIP folders in their real on-disk formats, built offline."""
+"""Tiny Stable Diffusion and CLIP folders in their real on-disk formats, built offline, and a
+folder snapshot for tests that check nothing was changed."""
 
 from __future__ import annotations
 
@@ -106,3 +107,14 @@ def small_mor_config() -> MoRSRConfig:
         prompt="a photo",
         mor=MoRConfig(rank=6, shared=2, zero_slots=2, top_k=3, alpha=6.0),
     )
+
+
+def snapshot(folder: Path) -> dict[str, str]:
+    """Every regular file under `folder` (symlinks not followed) with the hash of its content."""
+    from mor_edge.export.manifest import sha256_file
+
+    return {
+        str(p.relative_to(folder)): sha256_file(p)
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and not p.is_symlink()
+    }

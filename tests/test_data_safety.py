@@ -20,21 +20,14 @@ from mor_edge.atomic import MARKER, atomic_folder, claim
 from mor_edge.cli import main
 from mor_edge.errors import UserError
 
+from .fixtures import snapshot
+
 FAST = ["--tile", "16", "--overlap", "4"]
 
 
 def run(*args: str) -> tuple[int, str]:
     result = CliRunner().invoke(main, list(args))
     return result.exit_code, result.output
-
-
-def tree(folder: Path) -> dict[str, str]:
-    """Every file under `folder` with the hash of its content."""
-    return {
-        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(folder.rglob("*"))
-        if p.is_file()
-    }
 
 
 def picture(path: Path, seed: int = 0, size: tuple[int, int] = (12, 10)) -> Path:
@@ -59,12 +52,12 @@ def user_folder(tmp_path: Path) -> Path:
 
 def test_train_fresh_never_deletes_a_folder_it_did_not_make(tmp_path: Path) -> None:
     folder = user_folder(tmp_path)
-    before = tree(folder)
+    before = snapshot(folder)
     code, text = run("train", "--fresh", "--out", str(folder), "--sd", "/nope")
     assert code == 1 and "--sd needs --clip" in text
     code, text = run("train", "--fresh", "--out", str(folder), "--base-steps", "0")
     assert code == 1 and "not a run folder mor-edge made" in text
-    assert tree(folder) == before
+    assert snapshot(folder) == before
 
 
 def test_train_fresh_checks_everything_before_deleting_its_own_run(tmp_path: Path) -> None:
@@ -72,21 +65,21 @@ def test_train_fresh_checks_everything_before_deleting_its_own_run(tmp_path: Pat
     run_folder.mkdir()
     (run_folder / MARKER).write_text("training run\n")
     (run_folder / "log.jsonl").write_text("{}\n")
-    before = tree(run_folder)
+    before = snapshot(run_folder)
     code, text = run("train", "--fresh", "--out", str(run_folder), "--sd", "/nope", "--clip", "/nope")
     assert code == 1 and "Traceback" not in text
-    assert tree(run_folder) == before  # the failed model load came before the deletion
+    assert snapshot(run_folder) == before  # the failed model load came before the deletion
 
 
 def test_folder_mode_refuses_to_write_into_its_input(tmp_path: Path) -> None:
     src = tmp_path / "in"
     (src / "sub").mkdir(parents=True)
     picture(src / "a.png")
-    before = tree(src)
+    before = snapshot(src)
     for dst in (src, src / "sub", src / "sub" / ".." / "sub"):
         code, text = run("upscale", str(src), str(dst), *FAST)
         assert code == 1 and "is the input folder or inside it" in text, text
-    assert tree(src) == before
+    assert snapshot(src) == before
 
 
 def test_folder_mode_refuses_name_collisions_up_front(tmp_path: Path) -> None:
@@ -111,10 +104,10 @@ def test_a_file_is_never_upscaled_onto_itself(tmp_path: Path) -> None:
 
 def test_force_replaces_only_folders_mor_edge_made(tmp_path: Path) -> None:
     folder = user_folder(tmp_path)
-    before = tree(folder)
+    before = snapshot(folder)
     with pytest.raises(UserError, match="not a folder mor-edge made"), atomic_folder(folder, force=True):
         pytest.fail("must not start")
-    assert tree(folder) == before
+    assert snapshot(folder) == before
     with atomic_folder(tmp_path / "ours", kind="artifact") as tmp:
         (tmp / "x").write_text("1")
     with atomic_folder(tmp_path / "ours", force=True, kind="artifact") as tmp:
@@ -140,7 +133,7 @@ def test_a_destination_that_appears_meanwhile_is_kept(tmp_path: Path) -> None:
         (tmp / "mine").write_text("new")
         out.mkdir()
         (out / "theirs").write_text("first")
-    assert tree(out) == {"theirs": hashlib.sha256(b"first").hexdigest()}
+    assert snapshot(out) == {"theirs": hashlib.sha256(b"first").hexdigest()}
     assert not any(p.name.startswith(".art.tmp") for p in tmp_path.iterdir())
 
 

@@ -25,6 +25,7 @@ from safetensors.torch import save_file
 from mor_edge.builtin import BUILTIN_DIR
 from mor_edge.cli import main
 
+from .fixtures import snapshot
 from .toy_artifact import write_toy_artifact
 
 CANARY_NAME = "canary-secret.txt"
@@ -60,14 +61,6 @@ def run_refused(*args: str, expect: str | None = None) -> str:
     if expect is not None:
         assert expect in errors[0], errors[0]
     return errors[0]
-
-
-def snapshot(folder: Path) -> dict[str, str]:
-    return {
-        str(p.relative_to(folder)): sha256_file(p)
-        for p in sorted(folder.rglob("*"))
-        if p.is_file() and not p.is_symlink()
-    }
 
 
 # -- model folders -----------------------------------------------------------------------
