@@ -121,8 +121,10 @@ class Artifact:
     def stage(self, name: str) -> dict[str, Any]:
         return dict(self.manifest["stages"][name])
 
-    def stage_file(self, name: str, bucket: int | None = None) -> Path:
-        """The file that runs `name` (for `bucket` in static mode), confined to the folder."""
+    def stage_file(self, name: str, bucket: int | None = None) -> tuple[Path, str | None]:
+        """The file that runs `name` (for `bucket` in static mode), confined to the folder, and
+        the function in it to load (Core ML multifunction packages; None elsewhere)."""
         entry = self.checked.stages[name]
         index = entry.bucket_variant[bucket] if bucket is not None and entry.bucket_variant else 0
-        return confined(self.folder, entry.variants[index].file)
+        variant = entry.variants[index]
+        return confined(self.folder, variant.file), variant.function

@@ -67,6 +67,7 @@ class TensorEntry(Entry):
 
 class Variant(Entry):
     file: RelativeFile
+    function: Annotated[str, Field(min_length=1, max_length=64)] | None = None  # Core ML multifunction
     buckets: list[Annotated[StrictInt, Field(ge=0, lt=MAX_BUCKETS)]] | None = None
 
 

@@ -100,12 +100,16 @@ def remove_stale_temp_files(folder: Path) -> None:
 @contextlib.contextmanager
 def claim(out: Path) -> Iterator[None]:
     """Hold `.NAME.lock` (it holds our PID) for the duration of the write; a lock whose
-    process is gone is taken over."""
+    process is gone is taken over, one this process holds is held on (a command claims its
+    destination before long work, and the final write claims it again)."""
     lock = out.parent / f".{out.name}.lock"
     try:
         fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
     except FileExistsError:
         holder = lock.read_text().strip() if lock.is_file() else ""
+        if holder == str(os.getpid()):
+            yield
+            return
         if holder.isdigit() and not _alive(int(holder)):
             lock.unlink(missing_ok=True)  # its writer was killed
             with claim(out):

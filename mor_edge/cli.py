@@ -198,6 +198,14 @@ samples_option = click.option(
     show_default=True,
     help="Output format in folder mode.",
 )
+@click.option(
+    "--max-minutes",
+    type=click.FloatRange(0, 10_000),
+    default=60,
+    show_default=True,
+    help="Refuse an image whose estimated time, judged from its first few tiles, is longer "
+    "(0: no limit). Tiles with the same pixels run once, so flat areas cost almost nothing.",
+)
 @threads_option
 @user_errors
 def upscale(
@@ -210,6 +218,7 @@ def upscale(
     norm: str,
     per_tile_routing: bool,
     out_suffix: str,
+    max_minutes: float,
     threads: int | None,
 ) -> None:
     """Super-resolve IN (PNG, JPEG, WebP, TIFF, BMP; any size) to OUT, whose extension sets
@@ -241,7 +250,12 @@ def upscale(
     overlap = tile // 4 if overlap is None else overlap
     if overlap >= tile:
         raise UserError(f"--overlap {overlap} must be smaller than the tile ({tile})")
-    options = TileOptions(tile=tile, overlap=overlap, per_tile_routing=per_tile_routing)
+    options = TileOptions(
+        tile=tile,
+        overlap=overlap,
+        per_tile_routing=per_tile_routing,
+        max_seconds=max_minutes * 60 or None,
+    )
     src = Path(input_path)
     if not src.is_dir():
         size_in, size_out = upscale_file(src, output_path, engine, options)
@@ -552,21 +566,22 @@ def calibrate(
 ) -> None:
     """Build an INT8 calibration set: degraded crops stratified so every static bucket gets
     samples, each stage's inputs captured from the reference, saved with its recipe."""
-    from mor_edge.atomic import check_destination
+    from mor_edge.atomic import check_destination, claim
     from mor_edge.calib.sampling import build_calibration_set, coverage
     from mor_edge.image_io import folder_images
 
     check_destination(Path(out), force)
-    model = _load(model_dir)
-    cset = build_calibration_set(
-        model,
-        samples,
-        seed,
-        bucket_levels,
-        tuple(dict.fromkeys(routings)),
-        folder_images(images) if images else None,
-    )
-    cset.save(out, force)
+    with claim(Path(out)):  # a second calibrate into OUT fails now, not after the sampling
+        model = _load(model_dir)
+        cset = build_calibration_set(
+            model,
+            samples,
+            seed,
+            bucket_levels,
+            tuple(dict.fromkeys(routings)),
+            folder_images(images) if images else None,
+        )
+        cset.save(out, force)
     report = coverage(cset, model)
     click.echo(f"wrote {out} ({samples} samples, stage inputs for {', '.join(cset.routings)})")
     click.echo(

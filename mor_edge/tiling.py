@@ -11,12 +11,20 @@ tile can touch them, so memory is bounded by a band of tiles, not by the image.
 An engine may first walk over every tile to gather whole-image statistics (`prepare`): the
 reference does, with `whole_image_norm`, so that its GroupNorms normalise each tile with the
 statistics of the whole image (`mor_edge.global_norm`) and tiles match the untiled output.
+
+Identical tiles give identical outputs (routing is per image, or a function of the tile), so
+a tile whose pixels were seen before reuses that output: a flat image costs one model run, not
+one per tile. A `TimeBudget` refuses, after a few tiles, work that would run for longer than
+the user allowed.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
+import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -26,6 +34,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from .errors import UserError
 from .global_norm import WholeImageNorm, ownership
 from .image_io import LoadedImage
 from .model import MoRSR
@@ -123,6 +132,66 @@ class ReferenceEngine:
         norm.gather(forwards, self._order)
 
 
+@dataclass
+class TimeBudget:
+    """Refuses a job whose estimated run time exceeds `seconds` (None: no limit). The estimate
+    is the pace of the computed steps after the first (a warm-up) times the steps left, taken
+    once `probe` steps have run, so a refused job has done only a few tiles."""
+
+    seconds: float | None
+    probe: int = 3
+    _steps: int = field(default=0, init=False)
+    _start: float = field(default=0.0, init=False)
+
+    def step(self, total: int, what: str) -> None:
+        """Called after each of `total` computed steps."""
+        self._steps += 1
+        if self._steps == 1:
+            self._start = time.perf_counter()
+        if self.seconds is None or self._steps != self.probe or total <= self.probe:
+            return
+        pace = (time.perf_counter() - self._start) / (self.probe - 1)
+        estimate = pace * (total - self.probe)
+        if estimate > self.seconds:
+            raise UserError(
+                f"{what} would take about {_duration(estimate)} ({total} tile runs at {pace:.2f} s); "
+                f"the limit is {_duration(self.seconds)}: raise --max-minutes (0: no limit), or use "
+                "an artifact or a smaller image"
+            )
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.1f} s"
+    return f"{seconds / 3600:.1f} h" if seconds >= 5400 else f"{seconds / 60:.0f} min"
+
+
+class TileCache:
+    """Outputs of tiles already run, keyed by the tile's pixels, least recently used dropped
+    beyond `max_bytes` (a few full-size tiles)."""
+
+    def __init__(self, max_bytes: int = 64 << 20) -> None:
+        self.max_bytes = max_bytes
+        self._items: OrderedDict[bytes, np.ndarray] = OrderedDict()
+        self._bytes = 0
+
+    @staticmethod
+    def key(pixels: np.ndarray) -> bytes:
+        return hashlib.blake2b(np.ascontiguousarray(pixels).tobytes(), digest_size=16).digest()
+
+    def get(self, key: bytes) -> np.ndarray | None:
+        found = self._items.get(key)
+        if found is not None:
+            self._items.move_to_end(key)
+        return found
+
+    def put(self, key: bytes, sr: np.ndarray) -> None:
+        self._items[key] = sr
+        self._bytes += sr.nbytes
+        while self._bytes > self.max_bytes and len(self._items) > 1:
+            self._bytes -= self._items.popitem(last=False)[1].nbytes
+
+
 def positions(length: int, tile: int, overlap: int) -> list[int]:
     """Tile origins along one axis: stride tile - overlap, the last tile ending on the border."""
     if length <= tile:
@@ -171,6 +240,7 @@ def upscale_tiled(
     overlap: int,
     per_tile_routing: bool = False,
     progress: bool = True,
+    budget: TimeBudget | None = None,
 ) -> Iterator[np.ndarray]:
     """Yield the SR colour image as float32 row bands (h, W*scale, 3), top to bottom.
 
@@ -178,7 +248,8 @@ def upscale_tiled(
     the next iteration: use or copy it before asking for the next (`collect` copies). The
     tiles form a grid and each tile's weight is wy (x) wx, so the total weight at a pixel is
     the product of the summed 1-D ramps and is divided out in place: no 2-D weight buffer,
-    no per-band temporaries, which keeps a 16k-wide output within a few band-sized buffers."""
+    no per-band temporaries, which keeps a 16k-wide output within a few band-sized buffers.
+    A tile with the pixels of an earlier one reuses its output (`TileCache`)."""
     if not 0 <= overlap < tile:
         raise ValueError(f"overlap must be in [0, tile), got {overlap} for tile {tile}")
     scale = engine.scale
@@ -194,44 +265,55 @@ def upscale_tiled(
     for x, r in zip(xs, ramps_x, strict=True):
         total_x[x * scale : min(x * scale + side, out_w)] += r[: min(side, out_w - x * scale)]
     s_global = None if per_tile_routing else engine.route(router_input(image, engine.router_size))
-    bar = tqdm(
-        total=len(ys) * len(xs) * (1 + engine.passes()), desc="upscale", unit="tile", disable=not progress
-    )
+    keys = [TileCache.key(image.rgb[y : y + tile, x : x + tile]) for y in ys for x in xs]
+    passes = engine.passes()
+    runs = len(keys) * passes + len(set(keys))  # model runs: every tile per pass, distinct ones last
+    budget = budget or TimeBudget(None)
+    bar = tqdm(total=len(keys) * (1 + passes), desc="upscale", unit="tile", disable=not progress)
 
-    def tiles(count: bool = True) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    def scores(lr: np.ndarray) -> np.ndarray:
+        return engine.route(router_input_tile(lr, engine.router_size)) if s_global is None else s_global
+
+    def tiles() -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         for iy, y in enumerate(ys):
             for ix, x in enumerate(xs):
                 lr = _padded_crop(image, y, x, tile)
-                s = engine.route(router_input_tile(lr, engine.router_size)) if s_global is None else s_global
-                yield lr, s, ownership(ys, xs, iy, ix, tile, h, w)
-                if count:
-                    bar.update()
+                yield lr, scores(lr), ownership(ys, xs, iy, ix, tile, h, w)
+                bar.update()
+                budget.step(runs, "this upscale")
 
-    engine.prepare(tiles)
-    acc = np.zeros((min(side, out_h), out_w, 3), np.float32)
-    band_top = 0  # SR row that acc[0] holds
-    walk = tiles(count=False)
-    for iy, y in enumerate(ys):
-        top, bottom = y * scale, min(y * scale + side, out_h)
-        for ix, x in enumerate(xs):
-            lr, s, _ = next(walk)
-            sr = engine.run(lr, s)[0].transpose(1, 2, 0)
-            left, right = x * scale, min(x * scale + side, out_w)
-            weight = ramps_y[iy][: bottom - top, None] * ramps_x[ix][None, : right - left]
-            acc[top - band_top : bottom - band_top, left:right] += (
-                sr[: bottom - top, : right - left] * weight[..., None]
-            )
-            bar.update()
-        done = (ys[iy + 1] * scale if iy + 1 < len(ys) else out_h) - band_top
-        if done > 0:
-            band = acc[:done]
-            band /= total_y[band_top : band_top + done, None, None]
-            band /= total_x[None, :, None]
-            yield band
-            acc[: acc.shape[0] - done] = acc[done:]
-            acc[acc.shape[0] - done :] = 0
-            band_top += done
-    bar.close()
+    try:
+        engine.prepare(tiles)
+        cache = TileCache()
+        acc = np.zeros((min(side, out_h), out_w, 3), np.float32)
+        band_top = 0  # SR row that acc[0] holds
+        for iy, y in enumerate(ys):
+            top, bottom = y * scale, min(y * scale + side, out_h)
+            for ix, x in enumerate(xs):
+                key = keys[iy * len(xs) + ix]
+                sr = cache.get(key)
+                if sr is None:
+                    lr = _padded_crop(image, y, x, tile)
+                    sr = engine.run(lr, scores(lr))[0].transpose(1, 2, 0)
+                    cache.put(key, sr)
+                    budget.step(runs, "this upscale")
+                left, right = x * scale, min(x * scale + side, out_w)
+                weight = ramps_y[iy][: bottom - top, None] * ramps_x[ix][None, : right - left]
+                acc[top - band_top : bottom - band_top, left:right] += (
+                    sr[: bottom - top, : right - left] * weight[..., None]
+                )
+                bar.update()
+            done = (ys[iy + 1] * scale if iy + 1 < len(ys) else out_h) - band_top
+            if done > 0:
+                band = acc[:done]
+                band /= total_y[band_top : band_top + done, None, None]
+                band /= total_x[None, :, None]
+                yield band
+                acc[: acc.shape[0] - done] = acc[done:]
+                acc[acc.shape[0] - done :] = 0
+                band_top += done
+    finally:  # the bar's line ends before any error is printed
+        bar.close()
 
 
 def collect(bands: Iterator[np.ndarray]) -> np.ndarray:

@@ -19,7 +19,7 @@ from .image_io import (
     output_format,
     save_image,
 )
-from .tiling import TileEngine, upscale_alpha, upscale_tiled
+from .tiling import TileEngine, TimeBudget, upscale_alpha, upscale_tiled
 
 
 @dataclass
@@ -28,6 +28,7 @@ class TileOptions:
     overlap: int
     per_tile_routing: bool = False
     progress: bool = True
+    max_seconds: float | None = None  # refuse an image estimated to take longer (None: no limit)
 
 
 LUMA = np.array([0.299, 0.587, 0.114], np.float32)  # BT.601: a grey input's grey stays exact
@@ -59,7 +60,13 @@ def upscale_file(
     scale = engine.scale
     out_w, out_h = image.width * scale, image.height * scale
     bands = upscale_tiled(
-        image, engine, options.tile, options.overlap, options.per_tile_routing, options.progress
+        image,
+        engine,
+        options.tile,
+        options.overlap,
+        options.per_tile_routing,
+        options.progress,
+        TimeBudget(options.max_seconds),
     )
     alpha = None
     if image.alpha is not None and fmt in ALPHA_FORMATS:

@@ -32,9 +32,10 @@ class Runtime(abc.ABC):
     """Loads an artifact's stage files on one runtime and runs them.
 
     Subclasses implement `_load` (file -> session) and `_run` (session, inputs -> outputs);
-    stage selection, static bucket choice and the pipeline are shared."""
+    stage selection, static bucket choice, the I/O check and the pipeline are shared."""
 
     name = "runtime"
+    multifunction = False  # loads one function of a multi-function file (Core ML)
 
     def __init__(self, artifact: Artifact, threads: int | None = None) -> None:
         self.artifact = artifact
@@ -42,7 +43,7 @@ class Runtime(abc.ABC):
         self._sessions: dict[Any, Any] = {}
 
     @abc.abstractmethod
-    def _load(self, path: Path) -> Any: ...
+    def _load(self, path: Path, function: str | None) -> Any: ...
 
     @abc.abstractmethod
     def _run(self, session: Any, inputs: dict[str, np.ndarray]) -> list[np.ndarray]: ...
@@ -59,11 +60,13 @@ class Runtime(abc.ABC):
     def session(self, stage: str, bucket: int | None = None) -> Any:
         """The loaded stage file, refused unless its inputs and outputs are the manifest's
         (a swapped or foreign graph fails here, not in the middle of a run)."""
-        path = self.artifact.stage_file(stage, bucket)
-        if path not in self._sessions:
+        path, function = self.artifact.stage_file(stage, bucket)
+        if (path, function) not in self._sessions:
             rel = path.relative_to(self.artifact.folder)
+            if function is not None and not self.multifunction:
+                raise ArtifactError(f"{self.artifact.folder}: {rel} names a function; {self.name} has none")
             try:
-                session = self._load(path)
+                session = self._load(path, function)
             except UserError:
                 raise
             except Exception as exc:  # each runtime raises its own types for a bad file
@@ -77,8 +80,8 @@ class Runtime(abc.ABC):
                     f"{self.artifact.folder}: {rel} takes and gives {have}, but the manifest's {stage} "
                     f"stage is {want}"
                 )
-            self._sessions[path] = session
-        return self._sessions[path]
+            self._sessions[path, function] = session
+        return self._sessions[path, function]
 
     def run_stage(self, stage: str, inputs: dict[str, np.ndarray], bucket: int | None = None) -> np.ndarray:
         """Run one stage (the bucket's variant in static mode); returns its single output."""

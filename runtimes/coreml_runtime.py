@@ -22,6 +22,7 @@ COMPUTE_UNITS = ("ALL", "CPU_AND_NE", "CPU_AND_GPU", "CPU_ONLY")
 
 class CoreMLRuntime(Runtime):
     name = "coreml"
+    multifunction = True
 
     def __init__(self, artifact: Artifact, threads: int | None = None, compute_units: str = "ALL") -> None:
         require_macos("Core ML prediction (parity, bench, upscale with a Core ML artifact)")
@@ -30,32 +31,36 @@ class CoreMLRuntime(Runtime):
             raise ValueError(f"compute_units must be one of {COMPUTE_UNITS}")
         self.compute_units = compute_units
 
-    def session(self, stage: str, bucket: int | None = None) -> Any:
-        entry = self.artifact.stage(stage)
-        index = entry["bucket_variant"][bucket] if bucket is not None and "bucket_variant" in entry else 0
-        variant = entry["variants"][index]
-        key = (variant["file"], variant.get("function"))
-        if key not in self._sessions:
-            self._sessions[key] = self._open(self.artifact.folder / variant["file"], variant.get("function"))
-        return self._sessions[key]
-
-    def _open(self, path: Path, function: str | None) -> Any:
+    def _load(self, path: Path, function: str | None) -> Any:
         import coremltools as ct
 
-        units = getattr(ct.ComputeUnit, self.compute_units)
-        if function is None:
-            return ct.models.MLModel(str(path), compute_units=units)
-        return ct.models.MLModel(str(path), compute_units=units, function_name=function)
+        return ct.models.MLModel(
+            str(path), compute_units=getattr(ct.ComputeUnit, self.compute_units), function_name=function
+        )
 
-    def _load(self, path: Path) -> Any:
-        return self._open(path, None)
+    def io_shapes(self, session: Any) -> dict[str, tuple[int, ...]]:
+        return package_io_shapes(session)
 
     def _run(self, session: Any, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
         outputs = session.predict(inputs)
-        names = [o.name for o in session.get_spec().description.output]
-        return [np.asarray(outputs[name], dtype=np.float32) for name in names]
+        return [np.asarray(outputs[o.name], dtype=np.float32) for o in description(session).output]
 
     def describe(self) -> dict[str, Any]:
         import coremltools as ct
 
         return {**super().describe(), "version": ct.__version__, "compute_units": self.compute_units}
+
+
+def description(model: Any) -> Any:
+    """The inputs and outputs of the function a package was loaded with (a multifunction
+    package's top-level description lists none)."""
+    spec = model.get_spec().description
+    if model.function_name is not None and len(spec.functions):
+        return next(f for f in spec.functions if f.name == model.function_name)
+    return spec
+
+
+def package_io_shapes(model: Any) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of a loaded package's inputs and outputs."""
+    desc = description(model)
+    return {f.name: tuple(int(d) for d in f.type.multiArrayType.shape) for f in (*desc.input, *desc.output)}

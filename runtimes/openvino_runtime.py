@@ -46,7 +46,7 @@ class OpenVinoRuntime(Runtime):
             "INFERENCE_PRECISION_HINT": "f32",
         }
 
-    def _load(self, path: Path) -> Any:
+    def _load(self, path: Path, function: str | None) -> Any:
         return self.core.compile_model(str(path), self.device, self.config)
 
     def _run(self, session: Any, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:

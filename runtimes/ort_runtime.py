@@ -21,7 +21,7 @@ class OrtRuntime(Runtime):
         super().__init__(artifact, threads)
         self.providers = providers or ["CPUExecutionProvider"]
 
-    def _load(self, path: Path) -> Any:
+    def _load(self, path: Path, function: str | None) -> Any:
         options = ort.SessionOptions()
         options.intra_op_num_threads = self.threads
         options.inter_op_num_threads = 1

@@ -14,6 +14,7 @@ from mor_edge.export.coreml_export import CoreMLUnavailable, compare_weights, pa
 from mor_edge.export.exporter import export
 from mor_edge.export.stages import StageModule
 from mor_edge.runtimes.base import load_runtime
+from mor_edge.runtimes.coreml_runtime import package_io_shapes
 from mor_edge.runtimes.parity import run_parity
 
 from mor_edge.cli import main
@@ -51,6 +52,27 @@ def test_static_buckets_are_functions_of_one_package(static_fp16: Path) -> None:
         for v in manifest["stages"][stage]["variants"]:
             w = v["validation"]["weights"]
             assert w["compared"] > 10 and w["mismatched"] == [] and w["max_relative_error"] < 1e-3
+
+
+def test_package_io_is_read_for_the_check_at_load(static_fp16: Path) -> None:
+    """What the runtime compares with the manifest when it loads a stage (a swapped package
+    is refused there); the spec is readable without a Core ML runtime."""
+    import coremltools as ct
+
+    stages = json.loads((static_fp16 / "manifest.json").read_text())["stages"]
+    shapes = {
+        stage: {t["name"]: tuple(t["shape"]) for t in (*e["inputs"], *e["outputs"])}
+        for stage, e in stages.items()
+    }
+    for stage, entry in stages.items():
+        want = shapes[stage]
+        for v in entry["variants"]:
+            package = ct.models.MLModel(
+                str(static_fp16 / v["file"]), skip_model_load=True, function_name=v.get("function")
+            )
+            assert package_io_shapes(package) == want
+    decoder = ct.models.MLModel(str(static_fp16 / "decoder.mlpackage"), skip_model_load=True)
+    assert package_io_shapes(decoder) == shapes["decoder"] != shapes["unet"]
 
 
 def test_weight_comparison_catches_an_altered_weight(tiny_model: MoRSR, static_fp16: Path) -> None:

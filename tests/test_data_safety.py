@@ -204,7 +204,7 @@ def test_a_multi_frame_input_says_only_its_first_frame_is_upscaled(tmp_path: Pat
     assert Image.open(tmp_path / "o.png").size == (40, 32)
 
 
-def test_interrupted_export_leaves_nothing_beside_its_destination(tmp_path: Path) -> None:
+def test_a_racing_export_fails_and_an_interrupted_one_leaves_nothing(tmp_path: Path) -> None:
     out = tmp_path / "art"
     proc = subprocess.Popen(
         [
@@ -226,8 +226,29 @@ def test_interrupted_export_leaves_nothing_beside_its_destination(tmp_path: Path
     while not any(p.name.startswith(".art.tmp-") for p in tmp_path.iterdir()):  # the export has begun
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
         time.sleep(0.05)
+    code, text = run("export", "--routing", "static", "--out", str(out), "--skip-parity")  # a racer
+    assert code == 1 and f"another mor-edge process (pid {proc.pid}) is writing" in text, text
+    assert proc.poll() is None, "the racer must not have disturbed the first export"
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 143, err
     assert "interrupted (SIGTERM)" in err and "Traceback" not in err
     assert list(tmp_path.iterdir()) == []  # no artifact, temporary folder, scratch or lock
+
+
+def test_interrupted_calibrate_leaves_nothing_and_holds_its_destination(tmp_path: Path) -> None:
+    out = tmp_path / "cal"
+    cmd = [sys.executable, "-m", "mor_edge.cli", "calibrate", "--samples", "16", "--out", str(out)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (tmp_path / ".cal.lock").exists():  # claimed before the model loads
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.05)
+    code, text = run("calibrate", "--samples", "16", "--out", str(out))
+    assert code == 1 and "another mor-edge process" in text, text
+    time.sleep(1.0)  # into the sampling
+    proc.send_signal(signal.SIGHUP)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 129, err
+    assert "interrupted (SIGHUP)" in err and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []

@@ -77,6 +77,37 @@ def test_tiles_cover_every_pixel_exactly_once_in_weight(h: int, w: int) -> None:
     assert len(bands) == len(positions(h, 32, 8))
 
 
+class Counting(Nearest):
+    def __init__(self) -> None:
+        self.runs = 0
+
+    def run(self, lr: np.ndarray, s: np.ndarray) -> np.ndarray:
+        self.runs += 1
+        return super().run(lr, s)
+
+
+def test_tiles_with_the_same_pixels_run_once() -> None:
+    """A flat area costs one model run: 7x7 tiles, the left 2 columns flat, the rest noise."""
+    img = image(100, 100)
+    img.rgb[:, :40] = 77
+    engine = Counting()
+    out = collect(upscale_tiled(img, engine, tile=16, overlap=2, progress=False))
+    xs = positions(100, 16, 2)
+    distinct = {img.rgb[y : y + 16, x : x + 16].tobytes() for y in xs for x in xs}
+    assert engine.runs == len(distinct) == 7 * 7 - 2 * 7 + 1
+    want = np.repeat(np.repeat(img.rgb.astype(np.float32) / 255, 4, 0), 4, 1)
+    np.testing.assert_allclose(out, want, atol=1e-6)
+
+
+def test_work_estimated_beyond_the_limit_is_refused_early(tmp_path: Path) -> None:
+    src = tmp_path / "in.png"
+    Image.fromarray(image(64, 96).rgb).save(src)
+    code, text = run("upscale", str(src), str(tmp_path / "o.png"), *FAST, "--max-minutes", "0.001")
+    assert code == 1 and "this upscale would take about" in text
+    assert "(40 tile runs at" in text and "the limit is 0.1 s" in text
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.png"]
+
+
 def test_positions_end_on_the_border() -> None:
     assert positions(10, 32, 8) == [0]
     assert positions(100, 32, 8) == [0, 24, 48, 68]
