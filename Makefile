@@ -10,7 +10,7 @@ OUT ?= out
 PHOTO_PACKAGES := mate-backgrounds lomiri-wallpapers-16.04 lomiri-wallpapers-20.04
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install demo test lint clean photos
+.PHONY: install demo test lint clean photos runtime-only
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,9 +39,30 @@ lint: install
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
+SUITE_ARTIFACT := build/suite-artifact
+RUNTIME_VENV := build/runtime-venv
+
 test: lint
 	# two workers on one core each (tests/conftest.py), a test file per worker (module fixtures export once)
-	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2 --dist loadfile
+	rm -rf $(SUITE_ARTIFACT)
+	MOR_EDGE_KEEP_ARTIFACT=$(SUITE_ARTIFACT) OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2 --dist loadfile
+	$(MAKE) runtime-only
+
+# The wheel in a fresh venv with only the ONNX Runtime extra: no PyTorch, and it runs the
+# artifact the test suite exported to the same pixels as the full install.
+runtime-only: install
+	rm -rf dist $(RUNTIME_VENV) build/rt
+	$(BIN)/python -m pip wheel -q --no-deps --no-build-isolation -w dist .
+	$(PYTHON) -m venv $(RUNTIME_VENV)
+	$(RUNTIME_VENV)/bin/python -m pip install -q "$$(ls dist/mor_edge-*.whl)[onnx]"
+	$(RUNTIME_VENV)/bin/python -c "import importlib.util as u, sys; sys.exit('torch is installed' if u.find_spec('torch') else 0)"
+	mkdir -p build/rt
+	$(BIN)/python -c "from skimage import data; from PIL import Image; Image.fromarray(data.astronaut()[100:196, 180:276]).save('build/rt/in.png')"
+	cd build/rt && ../runtime-venv/bin/mor-edge info ../suite-artifact
+	cd build/rt && ../runtime-venv/bin/mor-edge upscale in.png runtime.png --artifact ../suite-artifact
+	$(BIN)/mor-edge upscale build/rt/in.png build/rt/full.png --artifact $(SUITE_ARTIFACT)
+	cmp build/rt/runtime.png build/rt/full.png && echo "runtime-only install: same pixels as the full install"
+	du -sh $(RUNTIME_VENV) $(VENV)
 
 clean:
 	rm -rf $(VENV) $(OUT) build dist *.egg-info

@@ -28,10 +28,9 @@ def weights_bytes(package: Path) -> int:
 
 
 def tiny(root: Path) -> dict[str, Any]:
+    from mor_edge.builtin import load_model
     from mor_edge.export.exporter import export
     from mor_edge.export.manifest import size_bytes
-
-    from mor_edge.builtin import load_model
     from mor_edge.routing import Buckets
 
     model = load_model(None)
@@ -80,17 +79,17 @@ def tiny(root: Path) -> dict[str, Any]:
 
 
 def sd21_unet(root: Path, buckets: int) -> dict[str, Any]:
+    from mor_edge.builtin import random_model
+    from mor_edge.config import sd21_config
     from mor_edge.export.coreml_export import CoreMLTarget
     from mor_edge.export.manifest import size_bytes
     from mor_edge.export.routing_plan import sliced
-    from mor_edge.export.stages import StageModule, stage_specs
-
-    from mor_edge.builtin import random_model
-    from mor_edge.config import sd21_config
+    from mor_edge.export.stages import StageModule
     from mor_edge.routing import Buckets
+    from mor_edge.stage_contract import stage_specs
 
     model = random_model(sd21_config(label="random sd21"), seed=0).eval()
-    spec = stage_specs(model, "static")["unet"]
+    spec = stage_specs(model.config, "static")["unet"]
     centres = Buckets.grid(2, 4).centres
     out: dict[str, Any] = {}
     paths = []

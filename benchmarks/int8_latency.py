@@ -16,6 +16,7 @@ activation of a 3.4 GB graph in memory).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import tempfile
 import time
@@ -35,13 +36,12 @@ TINY = [
 
 
 def tiny(root: Path, runs: int) -> dict[str, Any]:
+    from mor_edge.builtin import load_model
     from mor_edge.calib.sampling import build_calibration_set
     from mor_edge.export.exporter import export
-    from mor_edge.runtimes.base import load_runtime
     from mor_edge.runtimes.latency import run_bench
     from mor_edge.runtimes.parity import run_parity
-
-    from mor_edge.builtin import load_model
+    from mor_edge.runtimes.registry import load_runtime
 
     model = load_model(None)
     calibration = build_calibration_set(model, 64, routings=("static",), progress=False)
@@ -82,18 +82,19 @@ def tiny(root: Path, runs: int) -> dict[str, Any]:
 
 def sd21_unet(root: Path, runs: int, calibration_samples: int) -> dict[str, Any]:
     import openvino as ov
-    from mor_edge.export.onnx_export import OnnxTarget
-    from mor_edge.export.openvino_export import OpenVinoTarget
-    from mor_edge.export.stages import StageModule, stage_specs
-    from mor_edge.runtimes.latency import time_call
 
     from mor_edge.builtin import random_model
     from mor_edge.config import sd21_config
     from mor_edge.data import degraded_pairs
+    from mor_edge.export.onnx_export import OnnxTarget
+    from mor_edge.export.openvino_export import OpenVinoTarget
+    from mor_edge.export.stages import StageModule
     from mor_edge.routing import apply_routing, clear_routing
+    from mor_edge.runtimes.latency import time_call
+    from mor_edge.stage_contract import stage_specs
 
     model = random_model(sd21_config(label="random sd21"), seed=0).eval()
-    spec = stage_specs(model, "base")["unet"]
+    spec = stage_specs(model.config, "base")["unet"]
     pairs = degraded_pairs(model.config.sr_size, calibration_samples, seed=0, subset="train")
     with torch.no_grad():
         s = model.route(pairs.lr)
@@ -133,8 +134,8 @@ def sd21_unet(root: Path, runs: int, calibration_samples: int) -> dict[str, Any]
         "calibration_samples": calibration_samples,
     }
     for name, path in (("fp32", fp32), ("int8", int8)):
-        compiled = core.compile_model(str(path), "CPU", config)
-        out[name] = time_call(lambda c=compiled: c(samples[0]), warmup=1, runs=runs)
+        compiled: Any = core.compile_model(str(path), "CPU", config)
+        out[name] = time_call(functools.partial(compiled, samples[0]), warmup=1, runs=runs)
         print("sd21 unet", name, json.dumps(out[name]), flush=True)
     out["int8_speedup"] = out["fp32"]["median_ms"] / out["int8"]["median_ms"]
     return out

@@ -41,7 +41,6 @@ def build(preset: str) -> Any:
 def export_child(preset: str, mode: str, out: str) -> None:
     """Runs in a fresh process: export one artifact and print its peak RSS."""
     from mor_edge.export.exporter import export
-
     from mor_edge.routing import Buckets
 
     model = build(preset)
@@ -89,8 +88,8 @@ def main() -> None:
         export_child(*args.export_child)
         return
 
-    from mor_edge.runtimes.base import load_runtime
     from mor_edge.runtimes.latency import machine, run_bench
+    from mor_edge.runtimes.registry import load_runtime
 
     torch.set_num_threads(torch.get_num_threads())
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="mor-bench-"))

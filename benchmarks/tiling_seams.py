@@ -22,7 +22,8 @@ import torch
 from mor_edge.builtin import load_model
 from mor_edge.image_io import LoadedImage
 from mor_edge.photos import photos
-from mor_edge.tiling import ReferenceEngine, collect, router_input, upscale_tiled
+from mor_edge.reference_engine import ReferenceEngine
+from mor_edge.tiling import collect, router_input, upscale_tiled
 
 CROPS = {  # name: (photo, rows, cols) at 1/4 scale
     "motorcycle 80x120": ("motorcycle", slice(100, 420, 4), slice(100, 580, 4)),
@@ -45,7 +46,9 @@ def main() -> None:
         img = LoadedImage(rgb=np.ascontiguousarray(held_out[photo][ys, xs]), alpha=None, path=Path(name))
         s = ReferenceEngine(model).route(router_input(img, model.estimator.image_size))
         with torch.no_grad():
-            untiled = model(img.tensor(), s=torch.from_numpy(s))[0].numpy().transpose(1, 2, 0)
+            untiled = (
+                model(torch.from_numpy(img.array()), s=torch.from_numpy(s))[0].numpy().transpose(1, 2, 0)
+            )
         for tile, overlap in SETTINGS:
             if tile >= max(img.height, img.width):
                 continue  # one tile: nothing to compare

@@ -8,7 +8,6 @@ atomically and refused for a model or bucket grid other than the one it was made
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from safetensors.torch import save_file
 from mor_edge.atomic import atomic_folder
 from mor_edge.errors import UserError
 from mor_edge.model_folder import read_weights_file
+from mor_edge.stage_contract import StageSpec
 
 from .recipe_schema import check_recipe, check_tensors
 
@@ -67,21 +67,16 @@ class CalibrationSet:
             )
 
     def stage_inputs(
-        self, stage: str, routing: str, names: Sequence[str], buckets: list[int] | None = None
+        self, spec: StageSpec, routing: str, buckets: list[int] | None = None
     ) -> list[dict[str, np.ndarray]]:
-        """Inputs of `stage` (batch 1 each) for the graph inputs `names`; for a static
-        variant only the samples that calibrate its `buckets`."""
-        if stage not in CALIBRATED_STAGES:
-            raise ValueError(f"no calibration inputs for stage {stage!r}")
+        """The inputs of a stage (batch 1 each), picked by its contract from lr, s and the
+        captured latent and x0; for a static variant only the samples that calibrate its
+        `buckets`."""
+        if spec.name not in CALIBRATED_STAGES:
+            raise ValueError(f"no calibration inputs for stage {spec.name!r}")
         rows = [i for i in range(len(self)) if buckets is None or int(self.bucket[i]) in buckets]
-        tensors = self.captured[routing]
-        dynamic = {"s": self.s} if routing == "dynamic" else {}
-        named = {
-            "encoder": {"lr": self.lr, **dynamic},
-            "unet": {"latent": tensors["latent"], **dynamic},
-            "decoder": {"x0": tensors["x0"], "lr": self.lr},
-        }[stage]
-        return [{k: named[k][i : i + 1].numpy() for k in names} for i in rows]
+        named = spec.feed({"lr": self.lr, "s": self.s, **self.captured[routing]})
+        return [{k: v[i : i + 1].numpy() for k, v in named.items()} for i in rows]
 
     def save(self, folder: str | Path, force: bool = False) -> Path:
         tensors = {

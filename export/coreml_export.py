@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import platform
 import re
 import warnings
 from pathlib import Path
@@ -33,13 +32,15 @@ from typing import Any
 
 import numpy as np
 import torch
-from mor_edge.calib.calibration_set import CalibrationSet
 from torch import nn
 
+from mor_edge.calib.calibration_set import CalibrationSet
 from mor_edge.errors import UserError
+from mor_edge.runtimes.coreml_runtime import package_signature, require_macos
+from mor_edge.stage_contract import StageSpec
 
 from .manifest import size_bytes
-from .stages import StageSpec
+from .stages import example_inputs
 
 # coremltools logs, at import, that its macOS-only runtime libraries are missing: expected
 # here, and said once, plainly, by `require_macos` where it matters.
@@ -66,18 +67,6 @@ NOT_ON_NEURAL_ENGINE = frozenset(
 # 1/127 plus fp16 rounding. 6-bit k-means palettes spend few of their 64 entries on the tails,
 # so the worst element can sit far from its entry (measured up to 0.073 on the tiny model).
 WEIGHT_TOLERANCE = {"fp32": 1e-6, "fp16": 1e-3, "w8": 1.0 / 127, "palette6": 0.15, "w8a8": 1.0 / 127}
-
-
-class CoreMLUnavailable(UserError):
-    """A step that needs the Core ML runtime (macOS) was asked for elsewhere."""
-
-
-def require_macos(step: str) -> None:
-    if platform.system() != "Darwin":
-        raise CoreMLUnavailable(
-            f"{step} needs the Core ML runtime, which exists only on macOS; on {platform.system()} "
-            "Core ML models can be converted and validated but not run"
-        )
 
 
 def _quiet() -> None:
@@ -126,7 +115,7 @@ class CoreMLTarget:
         # coremltools draws a progress bar per conversion pass; they would bury the export's own
         with torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
             warnings.simplefilter("ignore")
-            traced = torch.jit.trace(module.eval(), spec.dummy_inputs(), check_trace=False)
+            traced = torch.jit.trace(module.eval(), example_inputs(spec), check_trace=False)
             model = ct.convert(
                 traced,
                 inputs=[ct.TensorType(name=t.name, shape=t.shape, dtype=np.float32) for t in spec.inputs],
@@ -137,7 +126,7 @@ class CoreMLTarget:
             )
             model = compress(model, precision, self._samples(spec) if precision == "w8a8" else None)
         model.save(str(path))
-        check_io(path, spec)
+        spec.check_io(package_signature(ct.models.MLModel(str(path), skip_model_load=True)), path.name)
         self.reports[path.name] = {
             "weights": compare_weights(module, path, WEIGHT_TOLERANCE[precision]),
             "ops": op_inventory(path),
@@ -155,8 +144,7 @@ class CoreMLTarget:
 
         if self.calibration is None:
             return []
-        names = [t.name for t in spec.inputs]
-        return coreml_sample_data(self.calibration.stage_inputs(spec.name, self.routing, names))
+        return coreml_sample_data(self.calibration.stage_inputs(spec, self.routing))
 
     def combine_variants(self, paths: list[Path], out: Path, functions: list[str]) -> None:
         """One multifunction package from single-function ones (identical weights stored once)."""
@@ -260,20 +248,3 @@ def op_inventory(path: Path) -> dict[str, Any]:
             counts[op.op_type] = counts.get(op.op_type, 0) + 1
     flagged = sorted(op for op in counts if op in NOT_ON_NEURAL_ENGINE)
     return {"counts": dict(sorted(counts.items())), "not_on_neural_engine": flagged}
-
-
-def check_io(path: Path, spec: StageSpec) -> None:
-    """The package's inputs and outputs: the spec's names, shapes and float32."""
-    import coremltools as ct
-    from coremltools.proto import FeatureTypes_pb2
-
-    description = ct.models.MLModel(str(path), skip_model_load=True).get_spec().description
-    fp32 = FeatureTypes_pb2.ArrayFeatureType.FLOAT32
-    for kind, features, tensors in (
-        ("input", description.input, spec.inputs),
-        ("output", description.output, spec.outputs),
-    ):
-        got = [(f.name, tuple(f.type.multiArrayType.shape), f.type.multiArrayType.dataType) for f in features]
-        want = [(t.name, t.shape, fp32) for t in tensors]
-        if got != want:
-            raise RuntimeError(f"{path.name}: package {kind}s {got} do not match the stage spec {want}")

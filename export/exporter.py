@@ -21,16 +21,17 @@ from typing import Any, Protocol, cast
 import numpy as np
 import onnx
 import torch
-from mor_edge.calib.calibration_set import CalibrationSet
 from torch import nn
 from tqdm import tqdm
 
 import mor_edge
 from mor_edge.atomic import atomic_folder, check_destination
+from mor_edge.calib.calibration_set import CalibrationSet
 from mor_edge.errors import UserError
 from mor_edge.model import MoRSR, model_fingerprint
 from mor_edge.resize import bicubic_as_matmul
 from mor_edge.routing import Buckets, clear_routing
+from mor_edge.stage_contract import ROUTED_STAGES, ROUTING_MODES, STAGES, StageSpec, stage_specs
 
 from .int8 import (
     KEEP_FLOAT_POLICIES,
@@ -43,7 +44,7 @@ from .int8 import (
 from .manifest import SCHEMA_VERSION, size_bytes, write_manifest
 from .onnx_export import OnnxTarget
 from .routing_plan import default_buckets, folded, sliced, stage_layers, static_plan
-from .stages import ROUTED_STAGES, ROUTING_MODES, STAGES, StageModule, StageSpec, stage_specs
+from .stages import StageModule
 
 TARGETS = ("onnx", "openvino", "coreml")
 QUANTIZED = ("int8", "w8")
@@ -175,7 +176,7 @@ class _Quantization:
             self.target.compress_weights(source, path, self.plans[stage][0])  # type: ignore[attr-defined]
             return self.target.finish(path, spec)
         assert self.calibration is not None
-        samples = self.calibration.stage_inputs(stage, self.routing, [t.name for t in spec.inputs], buckets)
+        samples = self.calibration.stage_inputs(spec, self.routing, buckets)
         if not samples:
             raise UserError(f"the calibration set has no samples for {stage} buckets {buckets}")
         if stage not in self.plans:
@@ -231,7 +232,7 @@ def export(
         calibration.check_for(fingerprint, buckets.to_list() if buckets is not None else None, routing)
         if hasattr(tgt, "calibration"):
             tgt.calibration, tgt.routing = calibration, routing  # type: ignore[attr-defined]
-    specs = stage_specs(model, routing)
+    specs = stage_specs(model.config, routing)
     jobs = _job_list(model, routing, buckets)
     static_weights = getattr(tgt, "static_weights", "folded")
     resize = bicubic_as_matmul if getattr(tgt, "bicubic_as_matmul", False) else nullcontext

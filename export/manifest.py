@@ -10,11 +10,11 @@ from typing import Any
 import numpy as np
 
 from mor_edge.errors import UserError
-from mor_edge.model import model_fingerprint
+from mor_edge.stage_contract import STAGES, StageSpec
 
 from .manifest_schema import SCHEMA_VERSION, Manifest, validate_manifest
 
-__all__ = ["SCHEMA_VERSION", "Manifest", "model_fingerprint"]
+__all__ = ["SCHEMA_VERSION", "Artifact", "ArtifactError", "Manifest"]
 
 MANIFEST_NAME = "manifest.json"
 
@@ -104,22 +104,63 @@ class Artifact:
 
     @property
     def target(self) -> str:
-        return str(self.manifest["target"])
+        return self.checked.target
 
     @property
     def precision(self) -> str:
-        return str(self.manifest["precision"])
+        return self.checked.precision
 
     @property
     def routing(self) -> str:
-        return str(self.manifest["routing"]["mode"])
+        return self.checked.routing.mode
+
+    @property
+    def scale(self) -> int:
+        return self.checked.scale
+
+    @property
+    def tile_margin(self) -> int:
+        """SR pixels at a tile's border to leave out of the blend (the colour step's reach)."""
+        return self.checked.colour.tile_margin if self.checked.colour else 0
 
     @property
     def bucket_centres(self) -> np.ndarray:
-        return np.asarray(self.manifest["routing"]["buckets"], dtype=np.float32)
+        return np.asarray(self.checked.routing.buckets or [], dtype=np.float32)
 
-    def stage(self, name: str) -> dict[str, Any]:
-        return dict(self.manifest["stages"][name])
+    @property
+    def specs(self) -> dict[str, StageSpec]:
+        """Each stage's inputs and outputs as the manifest records them."""
+        stages = self.checked.stages
+        return {
+            name: StageSpec.from_entry(name, stages[name].inputs, stages[name].outputs) for name in STAGES
+        }
+
+    def summary(self) -> dict[str, Any]:
+        """What `mor-edge info ARTIFACT` shows: target, precision, routing, model, tile, and
+        per stage its precision, variants and tensors (the files were verified on opening)."""
+        m = self.checked
+        files = [confined(self.folder, rel) for rel in m.files]
+        return {
+            "folder": str(self.folder),
+            "target": m.target,
+            "precision": m.precision,
+            "routing": m.routing.mode,
+            "buckets": len(m.routing.buckets or []),
+            "model": m.model.model_dump(include={"name", "label", "hash", "source"}),
+            "scale": m.scale,
+            "tile": self.specs["router"].inputs[0].shape[2],
+            "stages": {
+                name: {
+                    "precision": m.stages[name].precision,
+                    "variants": len(m.stages[name].variants),
+                    "inputs": [f"{t.name} {'x'.join(map(str, t.shape))}" for t in spec.inputs],
+                    "outputs": [f"{t.name} {'x'.join(map(str, t.shape))}" for t in spec.outputs],
+                }
+                for name, spec in self.specs.items()
+            },
+            "files": len(files),
+            "bytes": sum(size_bytes(p) for p in files),
+        }
 
     def stage_file(self, name: str, bucket: int | None = None) -> tuple[Path, str | None]:
         """The file that runs `name` (for `bucket` in static mode), confined to the folder, and

@@ -17,20 +17,23 @@ import shutil
 import warnings
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
 import torch
 from torch import nn
 
+from mor_edge.stage_contract import Signature, StageSpec
+
 from .int8 import QUANTIZED_OPS, Sample
-from .stages import StageSpec
+from .stages import example_inputs
 
 OPSET = 18
 EXPORTERS = ("torchscript", "dynamo")
 EXTERNAL_DATA_BYTES = 1_800_000_000  # protobuf's limit is 2 GiB; leave room for the graph
 
-_ONNX_DTYPES = {"float32": onnx.TensorProto.FLOAT, "float16": onnx.TensorProto.FLOAT16}
+_DTYPE_NAMES = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.FLOAT16: "float16"}
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
 CALIBRATION_METHOD = "minmax"  # see the README: percentile is more accurate but 9x slower
 
@@ -86,7 +89,7 @@ class OnnxTarget:
                 warnings.simplefilter("ignore")
                 torch.onnx.export(
                     module,
-                    spec.dummy_inputs(),
+                    example_inputs(spec),
                     str(scratch / "model.onnx"),
                     input_names=[t.name for t in spec.inputs],
                     output_names=[t.name for t in spec.outputs],
@@ -111,14 +114,15 @@ class OnnxTarget:
             shutil.rmtree(scratch, ignore_errors=True)
         onnx.checker.check_model(str(path))
         onnx.shape_inference.infer_shapes_path(str(path), strict_mode=True)
-        check_io(path, spec)
+        spec.check_io(signature(path), path.name)
         return [path, path.parent / data_name] if external else [path]
 
     def quantize_stage(self, source: Path, path: Path, samples: list[Sample], float_nodes: set[str]) -> None:
         """Static QDQ INT8 of a float graph; activation ranges are computed once per source
         graph and reused (sensitivity passes quantize the same graph many times)."""
-        from mor_edge.calib.feeders import ort_reader
         from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+        from mor_edge.calib.feeders import ort_reader
 
         cache = self._range_caches.setdefault(source, source.with_suffix(".ranges.json"))
         method = {
@@ -158,7 +162,7 @@ class OnnxTarget:
     def finish(self, path: Path, spec: StageSpec) -> list[Path]:
         """Check a graph written by `quantize_stage`; returns its files."""
         onnx.checker.check_model(str(path))
-        check_io(path, spec)
+        spec.check_io(signature(path), path.name)
         return [path]
 
 
@@ -173,17 +177,18 @@ def _declare_output_shapes(proto: onnx.ModelProto, spec: StageSpec) -> None:
                 dims.add().dim_value = size
 
 
-def check_io(path: Path, spec: StageSpec) -> None:
-    """The graph's inputs and outputs must be exactly the spec's names, shapes and dtypes."""
+def signature(path: Path) -> tuple[Signature, Signature]:
+    """A graph's (inputs, outputs) as (name, shape, dtype), for the stage contract's check."""
     graph = onnx.load(str(path), load_external_data=False).graph
-    for kind, values, tensors in (
-        ("input", graph.input, spec.inputs),
-        ("output", graph.output, spec.outputs),
-    ):
-        got = [
-            (v.name, tuple(d.dim_value for d in v.type.tensor_type.shape.dim), v.type.tensor_type.elem_type)
+
+    def read(values: Any) -> Signature:
+        return [
+            (
+                v.name,
+                tuple(d.dim_value for d in v.type.tensor_type.shape.dim),
+                _DTYPE_NAMES.get(v.type.tensor_type.elem_type, "other"),
+            )
             for v in values
         ]
-        want = [(t.name, t.shape, _ONNX_DTYPES[t.dtype]) for t in tensors]
-        if got != want:
-            raise RuntimeError(f"{path.name}: graph {kind}s {got} do not match the stage spec {want}")
+
+    return read(graph.input), read(graph.output)

@@ -23,11 +23,11 @@ import numpy as np
 import openvino as ov
 from torch import nn
 
+from mor_edge.runtimes.openvino_runtime import model_signature
+from mor_edge.stage_contract import StageSpec
+
 from .int8 import Sample
 from .onnx_export import OnnxTarget
-from .stages import StageSpec
-
-_OV_TYPES = {"float32": ov.Type.f32}
 
 
 def ignored_scope(float_nodes: set[str]) -> Any:
@@ -71,6 +71,7 @@ class OpenVinoTarget:
     def quantize_stage(self, source: Path, path: Path, samples: list[Sample], float_nodes: set[str]) -> None:
         """INT8 weights and activations with `nncf.quantize` over the calibration samples."""
         import nncf
+
         from mor_edge.calib.feeders import nncf_dataset
 
         nncf.set_log_level(logging.ERROR)
@@ -108,19 +109,5 @@ class OpenVinoTarget:
 
     def finish(self, path: Path, spec: StageSpec) -> list[Path]:
         """Check the IR's inputs and outputs against the stage spec; returns its files."""
-        check_io(path, spec)
+        spec.check_io(model_signature(ov.Core().read_model(str(path))), path.name)
         return [path, path.with_suffix(".bin")]
-
-
-def check_io(path: Path, spec: StageSpec) -> None:
-    model = ov.Core().read_model(str(path))
-    for kind, ports, tensors in (
-        ("input", model.inputs, spec.inputs),
-        ("output", model.outputs, spec.outputs),
-    ):
-        got = [
-            (p.get_any_name(), tuple(p.get_partial_shape().to_shape()), p.get_element_type()) for p in ports
-        ]
-        want = [(t.name, t.shape, _OV_TYPES[t.dtype]) for t in tensors]
-        if got != want:
-            raise RuntimeError(f"{path.name}: IR {kind}s {got} do not match the stage spec {want}")

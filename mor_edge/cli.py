@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import importlib.util
 import json
 import os
 import platform
@@ -20,8 +21,28 @@ F = TypeVar("F", bound=Callable[..., Any])
 MAX_REFERENCE_TILE = 256
 
 
+# An optional package a command needs -> the extra that installs it. A runtime-only install
+# (`pip install "mor-edge[onnx]"`) has no PyTorch: the commands that need the reference say so.
+EXTRAS = {
+    "torch": "reference",
+    "diffusers": "reference",
+    "transformers": "reference",
+    "safetensors": "reference",
+    "onnx": "reference",
+    "onnxscript": "reference",
+    "nncf": "reference",
+    "onnxruntime": "onnx",
+    "openvino": "openvino",
+    "coremltools": "coreml",
+    "skimage": "train",
+    "scipy": "train",
+    "matplotlib": "train",
+}
+
+
 def user_errors(fn: F) -> F:
-    """Turn a `UserError` into click's one-line 'Error: ...' and exit code 1."""
+    """Turn a `UserError` into click's one-line 'Error: ...' and exit code 1; a missing
+    optional package into the extra that installs it."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -29,6 +50,15 @@ def user_errors(fn: F) -> F:
             return fn(*args, **kwargs)
         except UserError as exc:
             raise click.ClickException(str(exc)) from None
+        except ModuleNotFoundError as exc:
+            top = (exc.name or "").split(".")[0]
+            if top not in EXTRAS:
+                raise
+            what = "the PyTorch reference and exporters" if EXTRAS[top] == "reference" else top
+            raise click.ClickException(
+                f"`{fn.__name__.replace('_command', '')}` needs {what} ({top} is not installed): "
+                f"pip install 'mor-edge[{EXTRAS[top]}]'"
+            ) from None
 
     return wrapper  # type: ignore[return-value]
 
@@ -109,15 +139,23 @@ def main() -> None:
 
 
 @main.command()
-@click.argument("model_dir", required=False, type=click.Path(file_okay=False))
+@click.argument("folder", metavar="[MODEL_DIR | ARTIFACT]", required=False, type=click.Path(file_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
 @user_errors
-def info(model_dir: str | None, as_json: bool) -> None:
-    """Describe MODEL_DIR (default: the built-in model): parameters per component, the MoR
-    layout (adapted layers, R/S/E/Z/k) and MACs per stage for one image at its size."""
+def info(folder: str | None, as_json: bool) -> None:
+    """Describe a model folder (default: the built-in model): parameters per component, the
+    MoR layout (adapted layers, R/S/E/Z/k) and MACs per stage for one image at its size. Given
+    an exported ARTIFACT (a folder with manifest.json): its target, precision, routing, model,
+    stages and files, verified against their hashes (no PyTorch needed)."""
+    if folder is not None and (Path(folder) / "manifest.json").exists():
+        from mor_edge.export.manifest import Artifact
+
+        summary = Artifact(folder).summary()
+        click.echo(json.dumps(summary, indent=2) if as_json else _artifact_table(summary))
+        return
     from .report import model_report
 
-    report = model_report(_load(model_dir))
+    report = model_report(_load(folder))
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return
@@ -139,6 +177,24 @@ def info(model_dir: str | None, as_json: bool) -> None:
     click.echo("\nMACs per stage (batch 1, adapters at full rank R)")
     for stage, macs in report["macs"].items():
         click.echo(f"  {stage:<10}{macs / 1e9:>12.2f} G")
+
+
+def _artifact_table(report: dict[str, Any]) -> str:
+    model = report["model"]
+    lines = [
+        f"artifact  {report['folder']}",
+        f"target    {report['target']}, {report['precision']}, {report['routing']} routing"
+        + (f" ({report['buckets']} buckets)" if report["buckets"] else ""),
+        f"model     {model['name']}  {model['label']}  sha256 {model['hash'][:12]}".rstrip(),
+        f"size      LR {report['tile']}x{report['tile']} tiles, x{report['scale']}",
+        "",
+        f"  {'stage':<9}{'precision':<11}{'variants':>8}  inputs -> outputs",
+    ]
+    for name, stage in report["stages"].items():
+        io = ", ".join(stage["inputs"]) + " -> " + ", ".join(stage["outputs"])
+        lines.append(f"  {name:<9}{stage['precision']:<11}{stage['variants']:>8}  {io}")
+    lines.append(f"\n{report['files']} files, {report['bytes'] / 1e6:.1f} MB, every sha256 verified")
+    return "\n".join(lines)
 
 
 threads_option = click.option(
@@ -224,13 +280,12 @@ def upscale(
     """Super-resolve IN (PNG, JPEG, WebP, TIFF, BMP; any size) to OUT, whose extension sets
     the format. With a folder IN, every file in it goes to the folder OUT; failures are
     reported per file and the rest go on. Tiled: memory is bounded by the tile, not the image."""
-    from .tiling import ReferenceEngine
     from .upscale import TileOptions, batch_outputs, upscale_file
 
     engine: Any
     note = ""
     if artifact is not None:
-        from mor_edge.runtimes.base import load_runtime
+        from mor_edge.runtimes.registry import load_runtime
 
         if norm == "whole":
             raise UserError("--norm whole needs the PyTorch reference: artifacts have fixed graphs")
@@ -243,6 +298,13 @@ def upscale(
             )
         tile = engine.tile_size
     else:
+        if importlib.util.find_spec("torch") is None:
+            raise UserError(
+                "upscale without --artifact runs the PyTorch reference, which is not installed: "
+                "pass --artifact, or pip install 'mor-edge[reference]'"
+            )
+        from .reference_engine import ReferenceEngine
+
         model = _load(model_dir)
         note = model.config.label
         engine = ReferenceEngine(model, whole_image_norm=norm == "whole")
@@ -277,12 +339,13 @@ def upscale(
 
 def _reference_for(artifact_dir: str, model_dir: str | None) -> Any:
     """The model an artifact was exported from (its manifest says where), hash-checked."""
-    from mor_edge.export.manifest import Artifact, model_fingerprint
+    from mor_edge.export.manifest import Artifact
+    from mor_edge.model import model_fingerprint
 
-    manifest = Artifact(artifact_dir).manifest
-    source = model_dir or manifest["model"]["source"]
+    recorded = Artifact(artifact_dir).checked.model
+    source = model_dir or recorded.source
     model = _load(None if source == "builtin" else source)
-    if model_fingerprint(model) != manifest["model"]["hash"]:
+    if model_fingerprint(model) != recorded.hash:
         raise UserError(
             f"{artifact_dir} was exported from a different model than {source!r} "
             "(hash mismatch); pass the right one with --model"
@@ -317,15 +380,15 @@ def _print_bench(report: dict[str, Any]) -> None:
 
 
 def _parity(artifact_dir: str, model: Any, samples: int, seed: int, threads: int | None) -> dict[str, Any]:
-    from mor_edge.runtimes.base import load_runtime
     from mor_edge.runtimes.parity import run_parity
+    from mor_edge.runtimes.registry import load_runtime
 
     return run_parity(load_runtime(artifact_dir, threads), model, samples=samples, seed=seed)
 
 
 def _bench(artifact_dir: str, warmup: int, runs: int, threads: int | None, progress: bool) -> dict[str, Any]:
-    from mor_edge.runtimes.base import load_runtime
     from mor_edge.runtimes.latency import run_bench
+    from mor_edge.runtimes.registry import load_runtime
 
     return run_bench(load_runtime(artifact_dir, threads), warmup=warmup, runs=runs, progress=progress)
 

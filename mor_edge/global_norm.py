@@ -22,19 +22,9 @@ import math
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-
-def owned_span(starts: list[int], index: int, tile: int, length: int) -> tuple[int, int]:
-    """The part of tile `index` (origins `starts`) nearest to it: overlaps split at their middle.
-    Relative to the tile's origin; the spans of all tiles cover [0, length) once."""
-    start = starts[index]
-    lo = 0 if index == 0 else (starts[index - 1] + tile + start) // 2
-    hi = length if index == len(starts) - 1 else (start + tile + starts[index + 1]) // 2
-    return lo - start, min(hi, length) - start
 
 
 class _Accumulator:
@@ -155,12 +145,3 @@ class WholeImageNorm:
             return y
 
         return forward
-
-
-def ownership(ys: list[int], xs: list[int], iy: int, ix: int, tile: int, h: int, w: int) -> np.ndarray:
-    """(tile, tile) map of the pixels tile (iy, ix) owns; zero on padding beyond the image."""
-    y0, y1 = owned_span(ys, iy, tile, h)
-    x0, x1 = owned_span(xs, ix, tile, w)
-    owned = np.zeros((tile, tile), np.float32)
-    owned[y0:y1, x0:x1] = 1.0
-    return owned

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import BinaryIO, ClassVar
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .atomic import TEMP_PREFIX, remove_stale_temp_files
@@ -74,8 +73,9 @@ class LoadedImage:
         tile = self.rgb[y0:y1, x0:x1].astype(np.float32) / self.peak
         return np.ascontiguousarray(tile.transpose(2, 0, 1)[None])
 
-    def tensor(self) -> torch.Tensor:
-        return torch.from_numpy(self.crop(0, self.height, 0, self.width))
+    def array(self) -> np.ndarray:
+        """The whole image, (1, 3, H, W) float32 in [0, 1]."""
+        return self.crop(0, self.height, 0, self.width)
 
 
 def _open(path: Path) -> Image.Image:
@@ -276,9 +276,9 @@ def atomic_output(path: Path) -> Iterator[BinaryIO]:
         raise
 
 
-def to_uint8(image: np.ndarray | torch.Tensor) -> np.ndarray:
+def to_uint8(image: np.ndarray) -> np.ndarray:
     """(1, 3, H, W) or (3, H, W) float in [0, 1] -> (H, W, 3) uint8."""
-    array = image.detach().float().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
+    array = np.asarray(image, dtype=np.float32)
     if array.ndim == 4:
         array = array[0]
     return (np.clip(array, 0, 1) * 255 + 0.5).astype(np.uint8).transpose(1, 2, 0)

@@ -10,10 +10,10 @@ import itertools
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from .mor_layers import MoRLayer
+from .stage_contract import nearest_centre
 
 ROUTING_FORMS = ("dense", "gather", "fold")
 
@@ -86,13 +86,6 @@ def apply_routing(
 def clear_routing(layers: Mapping[str, MoRLayer]) -> None:
     for layer in layers.values():
         layer.set_rank_weights(None)
-
-
-def nearest_centre(s: np.ndarray, centres: np.ndarray) -> np.ndarray:
-    """The bucket rule, shared by the reference and every runtime: nearest centre by squared
-    Euclidean distance in float64, ties to the lower index."""
-    d = ((s.astype(np.float64)[:, None, :] - centres.astype(np.float64)[None]) ** 2).sum(-1)
-    return d.argmin(axis=1)
 
 
 class Buckets:

@@ -20,24 +20,19 @@ the user allowed.
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import hashlib
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
-import torch
 from PIL import Image
 from tqdm import tqdm
 
 from .errors import UserError
-from .global_norm import WholeImageNorm, ownership
 from .image_io import LoadedImage
-from .model import MoRSR
 
 TileInputs = Callable[[], Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]]
 
@@ -68,68 +63,6 @@ class TileEngine(Protocol):
         """Called before any tile runs, with a way to iterate over every tile's (lr, s,
         owned pixels); engines that need whole-image statistics gather them here."""
         ...
-
-
-@dataclass
-class ReferenceEngine:
-    """The PyTorch reference behind the `TileEngine` interface. With `whole_image_norm` its
-    GroupNorms run on whole-image statistics gathered over the tiles first
-    (`mor_edge.global_norm`); without, each tile is normalised alone."""
-
-    model: MoRSR
-    whole_image_norm: bool = False
-    _norm: WholeImageNorm | None = field(default=None, init=False, repr=False)
-    _order: list[str] = field(default_factory=list, init=False, repr=False)
-
-    @property
-    def scale(self) -> int:
-        return int(self.model.config.scale)
-
-    @property
-    def router_size(self) -> int:
-        return int(self.model.estimator.image_size)
-
-    @property
-    def margin(self) -> int:
-        return self.model.config.colour_margin
-
-    @torch.no_grad()
-    def route(self, lr: np.ndarray) -> np.ndarray:
-        return self.model.route(torch.from_numpy(lr)).numpy()
-
-    @torch.no_grad()
-    def run(self, lr: np.ndarray, s: np.ndarray) -> np.ndarray:
-        with self._norm.active() if self._norm else contextlib.nullcontext():
-            return self.model(torch.from_numpy(lr), s=torch.from_numpy(s)).numpy()
-
-    def _whole_norm(self) -> WholeImageNorm:
-        """One GroupNorm swapper for the engine's life, with the order the forward calls them."""
-        if self._norm is None:
-            self._norm = WholeImageNorm(self.model)
-            size = self.router_size
-            probe = torch.zeros(1, 3, size, size)
-            with torch.no_grad():
-                self._order = self._norm.execution_order(lambda: self.model(probe, s=self.model.route(probe)))
-        return self._norm
-
-    def passes(self) -> int:
-        if not self.whole_image_norm:
-            return 0
-        self._whole_norm()
-        return len(self._order)
-
-    @torch.no_grad()
-    def prepare(self, tiles: TileInputs) -> None:
-        if not self.whole_image_norm:
-            return
-        norm = self._whole_norm()
-
-        def forwards() -> Iterator[tuple[torch.Tensor, Callable[[], Any]]]:
-            for lr, s, owned in tiles():
-                run = functools.partial(self.model, torch.from_numpy(lr), s=torch.from_numpy(s))
-                yield torch.from_numpy(owned), run
-
-        norm.gather(forwards, self._order)
 
 
 @dataclass
@@ -190,6 +123,24 @@ class TileCache:
         self._bytes += sr.nbytes
         while self._bytes > self.max_bytes and len(self._items) > 1:
             self._bytes -= self._items.popitem(last=False)[1].nbytes
+
+
+def owned_span(starts: list[int], index: int, tile: int, length: int) -> tuple[int, int]:
+    """The part of tile `index` (origins `starts`) nearest to it: overlaps split at their middle.
+    Relative to the tile's origin; the spans of all tiles cover [0, length) once."""
+    start = starts[index]
+    lo = 0 if index == 0 else (starts[index - 1] + tile + start) // 2
+    hi = length if index == len(starts) - 1 else (start + tile + starts[index + 1]) // 2
+    return lo - start, min(hi, length) - start
+
+
+def ownership(ys: list[int], xs: list[int], iy: int, ix: int, tile: int, h: int, w: int) -> np.ndarray:
+    """(tile, tile) map of the pixels tile (iy, ix) owns; zero on padding beyond the image."""
+    y0, y1 = owned_span(ys, iy, tile, h)
+    x0, x1 = owned_span(xs, ix, tile, w)
+    owned = np.zeros((tile, tile), np.float32)
+    owned[y0:y1, x0:x1] = 1.0
+    return owned
 
 
 def positions(length: int, tile: int, overlap: int) -> list[int]:
@@ -322,14 +273,17 @@ def collect(bands: Iterator[np.ndarray]) -> np.ndarray:
 
 
 def router_input_tile(lr: np.ndarray, size: int) -> np.ndarray:
-    """A float tile resized to the router's input size (per-tile routing)."""
-    return (
-        torch.nn.functional.interpolate(
-            torch.from_numpy(lr), size=(size, size), mode="bicubic", antialias=True, align_corners=False
+    """A float tile (1, 3, h, w) resized (antialiased bicubic) to the router's input size
+    (per-tile routing); channel by channel in float, as `router_input` does for the image."""
+    channels = [
+        np.asarray(
+            Image.fromarray(np.ascontiguousarray(c), mode="F").resize(
+                (size, size), Image.Resampling.BICUBIC, reducing_gap=None
+            )
         )
-        .clamp(0, 1)
-        .numpy()
-    )
+        for c in lr[0]
+    ]
+    return np.clip(np.stack(channels)[None], 0, 1).astype(np.float32)
 
 
 def upscale_alpha(alpha: np.ndarray, scale: int, dtype: type[np.integer] = np.uint8) -> np.ndarray:

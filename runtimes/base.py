@@ -1,4 +1,10 @@
-"""The runtime interface every target implements, and the pipeline they all share."""
+"""The runtime interface every target implements, and the pipeline they all share.
+
+What each stage takes and gives comes from the artifact's manifest, read as the stage contract
+(`mor_edge.stage_contract`): stages are fed by name from what the pipeline has computed, and
+each stage file's inputs and outputs are checked against its contract when it is loaded.
+numpy only: a runtime-only install runs this without PyTorch.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from mor_edge.export.manifest import Artifact, ArtifactError
 
 from mor_edge.errors import UserError
-from mor_edge.routing import nearest_centre
+from mor_edge.export.manifest import Artifact, ArtifactError
+from mor_edge.stage_contract import Signature, StageIOError, nearest_centre
 from mor_edge.tiling import TileInputs
 
 
@@ -31,16 +37,18 @@ def usable_cores() -> int:
 class Runtime(abc.ABC):
     """Loads an artifact's stage files on one runtime and runs them.
 
-    Subclasses implement `_load` (file -> session) and `_run` (session, inputs -> outputs);
-    stage selection, static bucket choice, the I/O check and the pipeline are shared."""
+    Subclasses implement `_load` (file -> session), `_run` (session, inputs -> outputs) and
+    `signature` (session -> its inputs and outputs); stage selection, static bucket choice,
+    the I/O check and the pipeline are shared."""
 
     name = "runtime"
     multifunction = False  # loads one function of a multi-function file (Core ML)
 
     def __init__(self, artifact: Artifact, threads: int | None = None) -> None:
         self.artifact = artifact
+        self.specs = artifact.specs
         self.threads = threads or usable_cores()
-        self._sessions: dict[Any, Any] = {}
+        self._sessions: dict[tuple[Path, str | None], Any] = {}
 
     @abc.abstractmethod
     def _load(self, path: Path, function: str | None) -> Any: ...
@@ -48,14 +56,13 @@ class Runtime(abc.ABC):
     @abc.abstractmethod
     def _run(self, session: Any, inputs: dict[str, np.ndarray]) -> list[np.ndarray]: ...
 
+    @abc.abstractmethod
+    def signature(self, session: Any) -> tuple[Signature, Signature]:
+        """A loaded stage's (inputs, outputs) as (name, shape, dtype)."""
+
     def describe(self) -> dict[str, Any]:
         """What was run, for reports: runtime, version, threads."""
         return {"runtime": self.name, "threads": self.threads}
-
-    def io_shapes(self, session: Any) -> dict[str, tuple[int, ...]] | None:
-        """Name -> shape of a loaded stage's inputs and outputs, for the check against the
-        manifest; None where the runtime cannot say without running (Core ML off macOS)."""
-        return None
 
     def session(self, stage: str, bucket: int | None = None) -> Any:
         """The loaded stage file, refused unless its inputs and outputs are the manifest's
@@ -72,20 +79,17 @@ class Runtime(abc.ABC):
             except Exception as exc:  # each runtime raises its own types for a bad file
                 first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
                 raise ArtifactError(f"{self.artifact.folder}: {rel} does not load ({first})") from None
-            entry = self.artifact.checked.stages[stage]
-            want = {t.name: tuple(t.shape) for t in (*entry.inputs, *entry.outputs)}
-            have = self.io_shapes(session)
-            if have is not None and have != want:
-                raise ArtifactError(
-                    f"{self.artifact.folder}: {rel} takes and gives {have}, but the manifest's {stage} "
-                    f"stage is {want}"
-                )
+            try:
+                self.specs[stage].check_io(self.signature(session), f"{self.artifact.folder}: {rel}")
+            except StageIOError as exc:
+                raise ArtifactError(str(exc)) from None
             self._sessions[path, function] = session
         return self._sessions[path, function]
 
-    def run_stage(self, stage: str, inputs: dict[str, np.ndarray], bucket: int | None = None) -> np.ndarray:
-        """Run one stage (the bucket's variant in static mode); returns its single output."""
-        return self._run(self.session(stage, bucket), inputs)[0]
+    def run_stage(self, stage: str, values: dict[str, np.ndarray], bucket: int | None = None) -> np.ndarray:
+        """Run one stage (the bucket's variant in static mode) on its inputs picked by name
+        from `values`; returns its single output."""
+        return self._run(self.session(stage, bucket), self.specs[stage].feed(values))[0]
 
     def bucket_of(self, s: np.ndarray) -> int | None:
         if self.artifact.routing != "static":
@@ -93,12 +97,12 @@ class Runtime(abc.ABC):
         return int(nearest_centre(s, self.artifact.bucket_centres)[0])
 
     def lr_shape(self) -> tuple[int, ...]:
-        return tuple(self.artifact.stage("router")["inputs"][0]["shape"])
+        return self.specs["router"].inputs[0].shape
 
     # -- the TileEngine interface (mor_edge.tiling) -----------------------------------
     @property
     def scale(self) -> int:
-        return int(self.artifact.manifest["scale"])
+        return self.artifact.scale
 
     @property
     def router_size(self) -> int:
@@ -106,7 +110,7 @@ class Runtime(abc.ABC):
 
     @property
     def margin(self) -> int:
-        return int(self.artifact.manifest.get("colour", {}).get("tile_margin", 0))
+        return self.artifact.tile_margin
 
     @property
     def tile_size(self) -> int:
@@ -123,18 +127,13 @@ class Runtime(abc.ABC):
         return self.run_stage("router", {"lr": self._check(lr)})
 
     def run(self, lr: np.ndarray, s: np.ndarray) -> np.ndarray:
-        """SR of one LR tile, routed on `s` (its bucket in static mode)."""
-        lr = self._check(lr)
+        """SR of one LR tile, routed on `s` (its bucket in static mode): each stage takes
+        what it needs of lr, s, latent and x0."""
+        values = {"lr": self._check(lr), "s": s.astype(np.float32)}
         bucket = self.bucket_of(s)
-        routed = {"s": s.astype(np.float32)} if self.artifact.routing == "dynamic" else {}
-        latent = self.run_stage("encoder", {"lr": lr, **routed}, bucket)
-        x0 = self.run_stage("unet", {"latent": latent, **routed}, bucket)
-        return self.run_stage("decoder", self.decoder_inputs(x0, lr))
-
-    def decoder_inputs(self, x0: np.ndarray, lr: np.ndarray) -> dict[str, np.ndarray]:
-        """The decoder takes the LR image too where the model has a colour step or residual."""
-        names = {t["name"] for t in self.artifact.stage("decoder")["inputs"]}
-        return {"x0": x0, **({"lr": lr} if "lr" in names else {})}
+        values["latent"] = self.run_stage("encoder", values, bucket)
+        values["x0"] = self.run_stage("unet", values, bucket)
+        return self.run_stage("decoder", values)
 
     def passes(self) -> int:
         return 0
@@ -146,31 +145,3 @@ class Runtime(abc.ABC):
         """One LR image (1, 3, h, w) in [0, 1] -> SR, routing on the router's `s`."""
         s = self.route(lr)
         return PipelineResult(sr=self.run(lr, s), s=s, bucket=self.bucket_of(s))
-
-
-def load_runtime(folder: str | Path, threads: int | None = None) -> Runtime:
-    """Verify the artifact and open it on the runtime its target needs."""
-    artifact = Artifact(folder)
-    if artifact.target == "onnx":
-        try:
-            from .ort_runtime import OrtRuntime
-        except ImportError:
-            raise ArtifactError(
-                f"{folder}: ONNX artifacts need onnxruntime, which is not installed "
-                "(pip install 'mor-edge[onnx]')"
-            ) from None
-        return OrtRuntime(artifact, threads)
-    if artifact.target == "coreml":
-        from .coreml_runtime import CoreMLRuntime
-
-        return CoreMLRuntime(artifact, threads)
-    if artifact.target == "openvino":
-        try:
-            from .openvino_runtime import OpenVinoRuntime
-        except ImportError:
-            raise ArtifactError(
-                f"{folder}: OpenVINO artifacts need openvino, which is not installed "
-                "(pip install 'mor-edge[openvino]')"
-            ) from None
-        return OpenVinoRuntime(artifact, threads)
-    raise ArtifactError(f"{folder}: no runtime for target {artifact.target!r} in this mor-edge")

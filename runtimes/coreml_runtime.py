@@ -8,14 +8,32 @@ the function to load.
 
 from __future__ import annotations
 
+import platform
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from mor_edge.export.coreml_export import require_macos
+
+from mor_edge.errors import UserError
 from mor_edge.export.manifest import Artifact
+from mor_edge.stage_contract import Signature
 
 from .base import Runtime
+
+_DTYPE_NAMES = {65568: "float32", 65552: "float16"}  # ArrayFeatureType.FLOAT32 / FLOAT16
+
+
+class CoreMLUnavailable(UserError):
+    """A step that needs the Core ML runtime (macOS) was asked for elsewhere."""
+
+
+def require_macos(step: str) -> None:
+    if platform.system() != "Darwin":
+        raise CoreMLUnavailable(
+            f"{step} needs the Core ML runtime, which exists only on macOS; on {platform.system()} "
+            "Core ML models can be converted and validated but not run"
+        )
+
 
 COMPUTE_UNITS = ("ALL", "CPU_AND_NE", "CPU_AND_GPU", "CPU_ONLY")
 
@@ -38,8 +56,8 @@ class CoreMLRuntime(Runtime):
             str(path), compute_units=getattr(ct.ComputeUnit, self.compute_units), function_name=function
         )
 
-    def io_shapes(self, session: Any) -> dict[str, tuple[int, ...]]:
-        return package_io_shapes(session)
+    def signature(self, session: Any) -> tuple[Signature, Signature]:
+        return package_signature(session)
 
     def _run(self, session: Any, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
         outputs = session.predict(inputs)
@@ -60,7 +78,18 @@ def description(model: Any) -> Any:
     return spec
 
 
-def package_io_shapes(model: Any) -> dict[str, tuple[int, ...]]:
-    """Name -> shape of a loaded package's inputs and outputs."""
+def package_signature(model: Any) -> tuple[Signature, Signature]:
+    """A loaded package's (inputs, outputs) as (name, shape, dtype), for the stage contract."""
     desc = description(model)
-    return {f.name: tuple(int(d) for d in f.type.multiArrayType.shape) for f in (*desc.input, *desc.output)}
+
+    def read(features: Any) -> Signature:
+        return [
+            (
+                f.name,
+                tuple(int(d) for d in f.type.multiArrayType.shape),
+                _DTYPE_NAMES.get(f.type.multiArrayType.dataType, "other"),
+            )
+            for f in features
+        ]
+
+    return read(desc.input), read(desc.output)

@@ -10,8 +10,9 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from mor_edge.export.stages import STAGES
 from tqdm import tqdm
+
+from mor_edge.stage_contract import ROUTED_STAGES, STAGES
 
 from .base import Runtime
 
@@ -41,24 +42,14 @@ def machine() -> dict[str, Any]:
     }
 
 
-def stage_inputs(runtime: Runtime, stage: str, seed: int = 0) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    inputs = {}
-    for spec in runtime.artifact.stage(stage)["inputs"]:
-        shape = tuple(spec["shape"])
-        draw = rng.random(shape) if spec["name"] in ("lr", "s") else rng.standard_normal(shape)
-        inputs[spec["name"]] = draw.astype(np.float32)
-    return inputs
-
-
 def run_bench(runtime: Runtime, warmup: int = 3, runs: int = 10, progress: bool = True) -> dict[str, Any]:
     """Time every stage (bucket 0's variant in static mode) and the whole pipeline."""
     bucket = 0 if runtime.artifact.routing == "static" else None
     calls: dict[str, Callable[[], Any]] = {}
     for stage in STAGES:
-        b = bucket if stage in ("encoder", "unet") else None
-        calls[stage] = functools.partial(runtime.run_stage, stage, stage_inputs(runtime, stage), b)
-    calls["end_to_end"] = functools.partial(runtime.pipeline, stage_inputs(runtime, "router")["lr"])
+        b = bucket if stage in ROUTED_STAGES else None
+        calls[stage] = functools.partial(runtime.run_stage, stage, runtime.specs[stage].dummy_inputs(), b)
+    calls["end_to_end"] = functools.partial(runtime.pipeline, runtime.specs["router"].dummy_inputs()["lr"])
     timings = {
         name: time_call(call, warmup, runs)
         for name, call in tqdm(calls.items(), desc="bench", disable=not progress, unit="stage")

@@ -13,9 +13,13 @@ from typing import Any
 
 import numpy as np
 import openvino as ov
+
 from mor_edge.export.manifest import Artifact
+from mor_edge.stage_contract import Signature
 
 from .base import Runtime
+
+_DTYPE_NAMES = {"f32": "float32", "f16": "float16"}
 
 
 def default_cache_dir() -> Path:
@@ -53,11 +57,25 @@ class OpenVinoRuntime(Runtime):
         result = session(inputs)
         return [np.asarray(result[port]) for port in session.outputs]
 
-    def io_shapes(self, session: Any) -> dict[str, tuple[int, ...]]:
-        ports = (*session.inputs, *session.outputs)
-        return {
-            port.get_any_name(): tuple(int(d) for d in port.get_partial_shape().to_shape()) for port in ports
-        }
+    def signature(self, session: Any) -> tuple[Signature, Signature]:
+        return model_signature(session)
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "version": ov.__version__, "device": self.device, "streams": 1}
+
+
+def model_signature(model: Any) -> tuple[Signature, Signature]:
+    """A read or compiled model's (inputs, outputs) as (name, shape, dtype), for the stage
+    contract's check (the runtime reads its compiled models the same way)."""
+
+    def read(ports: Any) -> Signature:
+        return [
+            (
+                p.get_any_name(),
+                tuple(int(d) for d in p.get_partial_shape().to_shape()),
+                _DTYPE_NAMES.get(p.get_element_type().get_type_name(), "other"),
+            )
+            for p in ports
+        ]
+
+    return read(model.inputs), read(model.outputs)

@@ -7,9 +7,13 @@ from typing import Any
 
 import numpy as np
 import onnxruntime as ort
+
 from mor_edge.export.manifest import Artifact
+from mor_edge.stage_contract import Signature
 
 from .base import Runtime
+
+_DTYPE_NAMES = {"tensor(float)": "float32", "tensor(float16)": "float16"}
 
 
 class OrtRuntime(Runtime):
@@ -34,8 +38,11 @@ class OrtRuntime(Runtime):
     def _run(self, session: Any, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
         return list(session.run(None, inputs))
 
-    def io_shapes(self, session: Any) -> dict[str, tuple[int, ...]]:
-        return {t.name: tuple(t.shape) for t in (*session.get_inputs(), *session.get_outputs())}
+    def signature(self, session: Any) -> tuple[Signature, Signature]:
+        def read(values: Any) -> Signature:
+            return [(t.name, tuple(t.shape), _DTYPE_NAMES.get(t.type, t.type)) for t in values]
+
+        return read(session.get_inputs()), read(session.get_outputs())
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "version": ort.__version__, "providers": self.providers}

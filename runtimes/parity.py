@@ -17,7 +17,8 @@ import torch
 from mor_edge.data import degraded_pairs
 from mor_edge.evaluation import psnr, psnr_y
 from mor_edge.model import MoRSR
-from mor_edge.routing import Buckets, apply_routing, nearest_centre
+from mor_edge.routing import Buckets, apply_routing
+from mor_edge.stage_contract import ROUTED_STAGES, STAGES, nearest_centre
 
 from .base import Runtime
 
@@ -72,9 +73,7 @@ def run_parity(runtime: Runtime, model: MoRSR, samples: int = 6, seed: int = 0) 
     pairs = degraded_pairs(model.config.sr_size, samples, seed)
     static = artifact.routing == "static"
     buckets = Buckets(torch.from_numpy(artifact.bucket_centres)) if static else None
-    stage_pairs: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {
-        k: [] for k in ("router", "encoder", "unet", "decoder", "end_to_end")
-    }
+    stage_pairs: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {k: [] for k in (*STAGES, "end_to_end")}
     bucketing_cost, agree_bucket, s_ref_all, s_rt_all, hr_ref, hr_rt = [], [], [], [], [], []
     for i in range(samples):
         lr = pairs.lr[i : i + 1]
@@ -83,16 +82,17 @@ def run_parity(runtime: Runtime, model: MoRSR, samples: int = 6, seed: int = 0) 
             lr, buckets=buckets, adapters=artifact.routing != "base"
         )
         bucket = int(nearest_centre(s_ref.numpy(), artifact.bucket_centres)[0]) if static else None
-        routed = {"s": s_ref.numpy()} if artifact.routing == "dynamic" else {}
-        stage_pairs["router"].append((s_ref.numpy(), runtime.run_stage("router", {"lr": lr_np})))
-        stage_pairs["encoder"].append(
-            (z_ref.numpy(), runtime.run_stage("encoder", {"lr": lr_np, **routed}, bucket))
-        )
-        stage_pairs["unet"].append(
-            (x0_ref.numpy(), runtime.run_stage("unet", {"latent": z_ref.numpy(), **routed}, bucket))
-        )
-        decoder_in = runtime.decoder_inputs(x0_ref.numpy(), lr_np)
-        stage_pairs["decoder"].append((sr_ref.numpy(), runtime.run_stage("decoder", decoder_in)))
+        reference = {
+            "lr": lr_np,
+            "s": s_ref.numpy(),
+            "latent": z_ref.numpy(),
+            "x0": x0_ref.numpy(),
+            "image": sr_ref.numpy(),
+        }
+        for stage in STAGES:  # each stage on the reference's own inputs: errors do not compound
+            want = reference[runtime.specs[stage].outputs[0].name]
+            b = bucket if stage in ROUTED_STAGES else None
+            stage_pairs[stage].append((want, runtime.run_stage(stage, reference, b)))
         result = runtime.pipeline(lr_np)
         stage_pairs["end_to_end"].append((sr_ref.numpy(), result.sr))
         hr = pairs.hr[i]
@@ -140,7 +140,7 @@ def run_parity(runtime: Runtime, model: MoRSR, samples: int = 6, seed: int = 0) 
 
 def gate_failures(report: dict[str, Any], gates: dict[str, float]) -> list[str]:
     failures = []
-    for stage in ("router", "encoder", "unet", "decoder"):
+    for stage in STAGES:
         scaled = report[stage]["max_abs_scaled"]
         if "stage_max_abs" in gates and scaled > gates["stage_max_abs"]:
             failures.append(f"{stage}: max_abs / max(1, |ref|) {scaled:.3g} > {gates['stage_max_abs']:g}")

@@ -8,14 +8,15 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+
 from mor_edge.calib.calibration_set import CalibrationSet
 from mor_edge.calib.feeders import coreml_sample_data, nncf_dataset, ort_reader
 from mor_edge.calib.sampling import build_calibration_set, coverage, stratified_choice
-
 from mor_edge.cli import main
 from mor_edge.errors import UserError
 from mor_edge.model import MoRSR, model_fingerprint
 from mor_edge.routing import Buckets
+from mor_edge.stage_contract import stage_specs
 
 
 @pytest.fixture(scope="module")
@@ -60,15 +61,15 @@ def test_captured_inputs_are_the_reference_stage_inputs(
     torch.testing.assert_close(calibration.captured["static"]["latent"][i : i + 1], z, **close)
     torch.testing.assert_close(calibration.captured["static"]["x0"][i : i + 1], x0, **close)
     torch.testing.assert_close(calibration.captured["dynamic"]["latent"][i : i + 1], z_dyn, **close)
-    unet = calibration.stage_inputs("unet", "dynamic", ["latent", "s"])
+    dynamic, static = stage_specs(tiny_model.config, "dynamic"), stage_specs(tiny_model.config, "static")
+    unet = calibration.stage_inputs(dynamic["unet"], "dynamic")
     assert len(unet) == 16 and set(unet[0]) == {"latent", "s"}
-    encoder = calibration.stage_inputs("encoder", "static", ["lr"], buckets=[int(calibration.bucket[i])])
+    encoder = calibration.stage_inputs(static["encoder"], "static", buckets=[int(calibration.bucket[i])])
     assert len(encoder) == 1 and set(encoder[0]) == {"lr"}
     np.testing.assert_array_equal(encoder[0]["lr"], lr.numpy())
     # the decoder's colour step takes the LR image beside x0, the sample's own
-    decoder = calibration.stage_inputs(
-        "decoder", "static", ["x0", "lr"], buckets=[int(calibration.bucket[i])]
-    )
+    decoder = calibration.stage_inputs(static["decoder"], "static", buckets=[int(calibration.bucket[i])])
+    assert set(decoder[0]) == {"x0", "lr"}
     np.testing.assert_array_equal(decoder[0]["lr"], lr.numpy())
 
 
@@ -102,8 +103,8 @@ def test_set_refuses_other_models_buckets_and_routings(
         build_calibration_set(tiny_model, samples=4, bucket_levels=2, progress=False)
 
 
-def test_feeders_give_each_quantizer_the_same_samples(calibration: CalibrationSet) -> None:
-    samples = calibration.stage_inputs("decoder", "static", ["x0", "lr"])
+def test_feeders_give_each_quantizer_the_same_samples(tiny_model: MoRSR, calibration: CalibrationSet) -> None:
+    samples = calibration.stage_inputs(stage_specs(tiny_model.config, "static")["decoder"], "static")
     reader = ort_reader(samples)
     first = [reader.get_next() for _ in range(len(samples) + 1)]
     assert first[-1] is None

@@ -125,13 +125,13 @@ def test_residual_model_starts_as_aligned_bicubic() -> None:
 
 
 def test_decoder_takes_lr_only_when_the_config_needs_it() -> None:
-    from mor_edge.export.stages import stage_specs
+    from mor_edge.stage_contract import stage_specs
 
     plain = MoRSR(tiny_config(colour_fix="none", residual=False))
-    names = [t.name for t in stage_specs(plain, "static")["decoder"].inputs]
+    names = [t.name for t in stage_specs(plain.config, "static")["decoder"].inputs]
     assert names == ["x0"]
     coloured = MoRSR(tiny_config())
-    assert [t.name for t in stage_specs(coloured, "static")["decoder"].inputs] == ["x0", "lr"]
+    assert [t.name for t in stage_specs(coloured.config, "static")["decoder"].inputs] == ["x0", "lr"]
     with pytest.raises(ValueError, match="needs the LR image"):
         coloured.decode(torch.zeros(1, 4, 64, 64))
     with pytest.raises(ValueError, match="colour_fix"):
@@ -143,13 +143,15 @@ def test_the_colour_step_runs_in_the_exported_decoder_and_stays_float(tmp_path: 
     reference on ONNX Runtime, and INT8 never quantizes the step's nodes."""
     import onnx
     import onnxruntime as ort
+
     from mor_edge.export.int8 import float_only_nodes, quantizable_groups
     from mor_edge.export.onnx_export import OnnxTarget
-    from mor_edge.export.stages import StageModule, stage_specs
+    from mor_edge.export.stages import StageModule, example_inputs
+    from mor_edge.stage_contract import stage_specs
 
     torch.manual_seed(0)
     model = MoRSR(tiny_config(colour_levels=3)).eval()
-    spec = stage_specs(model, "static")["decoder"]
+    spec = stage_specs(model.config, "static")["decoder"]
     path = tmp_path / "decoder.onnx"
     OnnxTarget().export_stage(StageModule(model, "decoder", "static"), spec, path)
     graph = onnx.load(str(path)).graph
@@ -158,7 +160,7 @@ def test_the_colour_step_runs_in_the_exported_decoder_and_stays_float(tmp_path: 
     assert {n.op_type for n in graph.node if n.name in colour_nodes} >= {"Conv", "Pad"}
     assert colour_nodes <= float_only_nodes(graph)
     assert not any("/colour/" in n for names in quantizable_groups(graph).values() for n in names)
-    x0, lr = spec.dummy_inputs(seed=1)
+    x0, lr = example_inputs(spec, seed=1)
     with torch.no_grad():
         want = model.decode(x0, lr).numpy()
     got = ort.InferenceSession(str(path)).run(None, {"x0": x0.numpy(), "lr": lr.numpy()})[0]

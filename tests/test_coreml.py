@@ -10,16 +10,16 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
+
+from mor_edge.cli import main
 from mor_edge.export.coreml_export import CoreMLUnavailable, compare_weights, package_weights
 from mor_edge.export.exporter import export
 from mor_edge.export.stages import StageModule
-from mor_edge.runtimes.base import load_runtime
-from mor_edge.runtimes.coreml_runtime import package_io_shapes
-from mor_edge.runtimes.parity import run_parity
-
-from mor_edge.cli import main
 from mor_edge.model import MoRSR
 from mor_edge.routing import Buckets
+from mor_edge.runtimes.coreml_runtime import package_io_shapes
+from mor_edge.runtimes.parity import run_parity
+from mor_edge.runtimes.registry import load_runtime
 
 ON_MACOS = platform.system() == "Darwin"
 TWO_BUCKETS = Buckets(Buckets.grid(2, 4).centres[[0, 15]])

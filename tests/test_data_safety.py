@@ -118,13 +118,20 @@ def test_force_replaces_only_folders_mor_edge_made(tmp_path: Path) -> None:
 
 def test_one_writer_per_destination(tmp_path: Path) -> None:
     out = tmp_path / "art"
-    with (  # a live process (this one) holds the destination
-        claim(out),
-        pytest.raises(UserError, match="another mor-edge process"),
-        atomic_folder(out),
-    ):
-        pytest.fail("must not start")
-    assert not out.exists() and not (tmp_path / ".art.lock").exists()
+    holder = subprocess.Popen(["sleep", "60"])  # another live process holds the destination
+    try:
+        (tmp_path / ".art.lock").write_text(str(holder.pid))
+        refused = pytest.raises(UserError, match=f"another mor-edge process \\(pid {holder.pid}\\)")
+        with refused, atomic_folder(out):
+            pytest.fail("must not start")
+        assert not out.exists() and (tmp_path / ".art.lock").read_text() == str(holder.pid)
+    finally:
+        holder.kill()
+        holder.wait()
+    (tmp_path / ".art.lock").unlink()
+    with claim(out), claim(out), atomic_folder(out) as tmp:  # this process's own claim is held on
+        (tmp / "x").write_text("1")
+    assert (out / "x").read_text() == "1" and not (tmp_path / ".art.lock").exists()
 
 
 def test_a_destination_that_appears_meanwhile_is_kept(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -11,28 +12,34 @@ import onnx
 import pytest
 import torch
 from click.testing import CliRunner
-from mor_edge.export import onnx_export
-from mor_edge.export.exporter import export
-from mor_edge.export.manifest import MANIFEST_NAME, Artifact, ArtifactError, model_fingerprint, sha256_file
-from mor_edge.export.routing_plan import default_buckets
-from mor_edge.runtimes import parity as parity_module
-from mor_edge.runtimes.base import load_runtime
-from mor_edge.runtimes.latency import run_bench
-from mor_edge.runtimes.parity import run_parity
 
 from mor_edge.atomic import MARKER
 from mor_edge.cli import main
 from mor_edge.errors import UserError
+from mor_edge.export import onnx_export
+from mor_edge.export.exporter import export
+from mor_edge.export.manifest import MANIFEST_NAME, Artifact, ArtifactError, model_fingerprint, sha256_file
+from mor_edge.export.routing_plan import default_buckets
 from mor_edge.model import MoRSR
+from mor_edge.runtimes import parity as parity_module
+from mor_edge.runtimes.latency import run_bench
+from mor_edge.runtimes.parity import run_parity
+from mor_edge.runtimes.registry import load_runtime
+
+KEEP = "MOR_EDGE_KEEP_ARTIFACT"  # `make test` keeps the static one for the runtime-only check
 
 
 @pytest.fixture(scope="module")
 def artifacts(tiny_model: MoRSR, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("artifacts")
-    return {
+    made = {
         routing: export(tiny_model, root / routing, routing=routing, progress=False)
         for routing in ("static", "dynamic")
     }
+    if os.environ.get(KEEP):
+        shutil.rmtree(os.environ[KEEP], ignore_errors=True)
+        shutil.copytree(made["static"], os.environ[KEEP])
+    return made
 
 
 @pytest.mark.parametrize("routing", ["static", "dynamic"])
@@ -197,8 +204,8 @@ def test_cli_export_parity_bench_upscale(
     )
     assert result.exit_code == 0, result.output
     with torch.no_grad():
-        want = tiny_model(load_image(tmp_path / "in.png").tensor())
-    got = load_image(tmp_path / "sr.png").tensor()
+        want = tiny_model(torch.from_numpy(load_image(tmp_path / "in.png").array()))
+    got = torch.from_numpy(load_image(tmp_path / "sr.png").array())
     assert (got - want).abs().max() <= 1 / 255 + 1e-6
 
     # A gate that fails makes the command fail, loudly.

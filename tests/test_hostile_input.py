@@ -19,11 +19,11 @@ from typing import Any
 import pytest
 import torch
 from click.testing import CliRunner
-from mor_edge.export.manifest import MANIFEST_NAME, sha256_file
 from safetensors.torch import save_file
 
 from mor_edge.builtin import BUILTIN_DIR
 from mor_edge.cli import main
+from mor_edge.export.manifest import MANIFEST_NAME, sha256_file
 
 from .fixtures import snapshot
 from .toy_artifact import write_toy_artifact
@@ -340,7 +340,13 @@ def test_a_swapped_or_damaged_stage_file_is_caught(toy: Path, tmp_path: Path) ->
     folder = _tampered(toy, tmp_path, lambda m: None)
     shutil.copy(folder / "encoder.onnx", folder / "decoder.onnx")  # a valid graph, wrong stage
     _relisted(folder, "decoder.onnx")
-    run_refused("bench", str(folder), "--runs", "1", expect="but the manifest's decoder stage is")
+    run_refused(
+        "bench",
+        str(folder),
+        "--runs",
+        "1",
+        expect="decoder.onnx: inputs [('lr', (1, 3, 16, 16), 'float32')] are not the decoder stage's",
+    )
     (folder / "decoder.onnx").write_bytes(b"not a graph")
     _relisted(folder, "decoder.onnx")
     run_refused("bench", str(folder), "--runs", "1", expect="decoder.onnx does not load")
@@ -426,7 +432,6 @@ CALIBRATION_CASES: dict[
 @pytest.mark.parametrize("case", sorted(CALIBRATION_CASES))
 def test_broken_calibration_set(tmp_path: Path, case: str) -> None:
     from mor_edge.calib.calibration_set import CalibrationSet
-
     from mor_edge.errors import UserError
 
     folder = _calibration_set(tmp_path, *CALIBRATION_CASES[case])

@@ -14,19 +14,19 @@ import onnx
 import pytest
 import torch
 from click.testing import CliRunner
-from mor_edge.calib.calibration_set import CalibrationSet
-from mor_edge.calib.sampling import build_calibration_set
-from mor_edge.export.exporter import export
-from mor_edge.export.int8 import float_only_nodes, keep_float_groups, layer_group
-from mor_edge.runtimes.base import load_runtime
-from mor_edge.runtimes.latency import run_bench
-from mor_edge.runtimes.parity import run_parity
 from onnx import TensorProto, helper
 
+from mor_edge.calib.calibration_set import CalibrationSet
+from mor_edge.calib.sampling import build_calibration_set
 from mor_edge.cli import main
 from mor_edge.errors import UserError
+from mor_edge.export.exporter import export
+from mor_edge.export.int8 import float_only_nodes, keep_float_groups, layer_group
 from mor_edge.model import MoRSR
 from mor_edge.routing import Buckets
+from mor_edge.runtimes.latency import run_bench
+from mor_edge.runtimes.parity import run_parity
+from mor_edge.runtimes.registry import load_runtime
 
 ONE_BUCKET = Buckets.grid(1, 4)
 

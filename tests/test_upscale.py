@@ -15,15 +15,16 @@ import torch
 from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from mor_edge.export.manifest import ArtifactError
 from PIL import Image
 
 from mor_edge.cli import main
-from mor_edge.global_norm import WholeImageNorm, owned_span, ownership
+from mor_edge.export.manifest import ArtifactError
+from mor_edge.global_norm import WholeImageNorm
 from mor_edge.image_io import LoadedImage, PngBandWriter, load_image
 from mor_edge.model import MoRSR
 from mor_edge.photos import photos
-from mor_edge.tiling import ReferenceEngine, TileInputs, collect, positions, router_input, upscale_tiled
+from mor_edge.reference_engine import ReferenceEngine
+from mor_edge.tiling import TileInputs, collect, owned_span, ownership, positions, router_input, upscale_tiled
 
 FAST = ["--tile", "16", "--overlap", "4"]
 CANNOT_STORE = {
@@ -124,7 +125,9 @@ def test_tiled_reference_against_untiled(tiny_model: MoRSR, whole_image_norm: bo
     engine = ReferenceEngine(tiny_model, whole_image_norm=whole_image_norm)
     s = engine.route(router_input(img, engine.router_size))
     with torch.no_grad():
-        untiled = tiny_model(img.tensor(), s=torch.from_numpy(s))[0].numpy().transpose(1, 2, 0)
+        untiled = (
+            tiny_model(torch.from_numpy(img.array()), s=torch.from_numpy(s))[0].numpy().transpose(1, 2, 0)
+        )
     tiled = collect(upscale_tiled(img, engine, tile=48, overlap=16, progress=False))
     psnr = 10 * math.log10(1 / float(np.mean((tiled - untiled) ** 2)))
     assert psnr >= floor
@@ -359,7 +362,7 @@ def test_folder_mode_reports_failures_and_goes_on(tmp_path: Path) -> None:
 
 
 def test_artifact_for_a_missing_runtime_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from mor_edge.runtimes.base import load_runtime
+    from mor_edge.runtimes.registry import load_runtime
 
     from .toy_artifact import write_toy_artifact
 
