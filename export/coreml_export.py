@@ -115,7 +115,7 @@ class CoreMLTarget:
         # coremltools draws a progress bar per conversion pass; they would bury the export's own
         with torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
             warnings.simplefilter("ignore")
-            traced = torch.jit.trace(module.eval(), example_inputs(spec), check_trace=False)
+            traced = torch.jit.trace(module.eval(), example_inputs(spec), check_trace=False)  # type: ignore[no-untyped-call]
             model = ct.convert(
                 traced,
                 inputs=[ct.TensorType(name=t.name, shape=t.shape, dtype=np.float32) for t in spec.inputs],

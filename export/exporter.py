@@ -223,7 +223,7 @@ def export(
         buckets = default_buckets(model)
     fingerprint = model_fingerprint(model)
     if precision == "w8a8" and target == "coreml":
-        from .coreml_export import require_macos
+        from mor_edge.runtimes.coreml_runtime import require_macos
 
         require_macos("W8A8 activation calibration (coremltools runs the model on sample data)")
     if precision in ("int8", "w8a8"):

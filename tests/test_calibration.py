@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from mor_edge.calib.calibration_set import CalibrationSet
 from mor_edge.calib.feeders import coreml_sample_data, nncf_dataset, ort_reader
-from mor_edge.calib.sampling import build_calibration_set, coverage, stratified_choice
+from mor_edge.calib.sampling import build_calibration_set, coverage, expert_coverage, stratified_choice
 from mor_edge.cli import main
 from mor_edge.errors import UserError
 from mor_edge.model import MoRSR, model_fingerprint
@@ -42,8 +42,12 @@ def test_every_bucket_is_covered(tiny_model: MoRSR, calibration: CalibrationSet)
     reached = [row for row in report["buckets"] if row["pool_natural"] > 0]
     assert len(reached) < 16
     assert any(row["natural"] == 0 and row["samples"] == 1 for row in report["buckets"])
-    experts = report["experts"]
-    assert 0 < experts["min"] <= experts["mean"] <= 1
+    # routed-expert coverage: one sample selects at most top_k of a layer's E experts; the
+    # whole set reaches more of them
+    mor = tiny_model.config.mor
+    one = expert_coverage(tiny_model, calibration.s[:1])
+    assert one["mean"] <= mor.top_k / mor.routed < 1 and one["layers_fully_covered"] == 0
+    assert report["experts"]["mean"] > one["mean"] and report["experts"]["layers"] == one["layers"]
 
 
 def test_captured_inputs_are_the_reference_stage_inputs(

@@ -3,6 +3,7 @@ compression, validation without a Core ML runtime, and the macOS-only prediction
 
 from __future__ import annotations
 
+import copy
 import json
 import platform
 from pathlib import Path
@@ -12,14 +13,16 @@ import torch
 from click.testing import CliRunner
 
 from mor_edge.cli import main
-from mor_edge.export.coreml_export import CoreMLUnavailable, compare_weights, package_weights
+from mor_edge.export.coreml_export import compare_weights, package_weights
 from mor_edge.export.exporter import export
+from mor_edge.export.manifest import Artifact
 from mor_edge.export.stages import StageModule
 from mor_edge.model import MoRSR
 from mor_edge.routing import Buckets
-from mor_edge.runtimes.coreml_runtime import package_io_shapes
+from mor_edge.runtimes.coreml_runtime import CoreMLUnavailable, package_signature
 from mor_edge.runtimes.parity import run_parity
 from mor_edge.runtimes.registry import load_runtime
+from mor_edge.stage_contract import StageIOError
 
 ON_MACOS = platform.system() == "Darwin"
 TWO_BUCKETS = Buckets(Buckets.grid(2, 4).centres[[0, 15]])
@@ -54,39 +57,30 @@ def test_static_buckets_are_functions_of_one_package(static_fp16: Path) -> None:
             assert w["compared"] > 10 and w["mismatched"] == [] and w["max_relative_error"] < 1e-3
 
 
-def test_package_io_is_read_for_the_check_at_load(static_fp16: Path) -> None:
-    """What the runtime compares with the manifest when it loads a stage (a swapped package
-    is refused there); the spec is readable without a Core ML runtime."""
+def test_package_io_is_checked_against_the_stage_contract(static_fp16: Path) -> None:
+    """What the runtime checks when it loads a stage (a swapped package is refused there);
+    the spec is readable without a Core ML runtime."""
     import coremltools as ct
 
-    stages = json.loads((static_fp16 / "manifest.json").read_text())["stages"]
-    shapes = {
-        stage: {t["name"]: tuple(t["shape"]) for t in (*e["inputs"], *e["outputs"])}
-        for stage, e in stages.items()
-    }
-    for stage, entry in stages.items():
-        want = shapes[stage]
-        for v in entry["variants"]:
+    artifact = Artifact(static_fp16)
+    for stage, spec in artifact.specs.items():
+        for v in artifact.checked.stages[stage].variants:
             package = ct.models.MLModel(
-                str(static_fp16 / v["file"]), skip_model_load=True, function_name=v.get("function")
+                str(static_fp16 / v.file), skip_model_load=True, function_name=v.function
             )
-            assert package_io_shapes(package) == want
+            spec.check_io(package_signature(package), v.file)
     decoder = ct.models.MLModel(str(static_fp16 / "decoder.mlpackage"), skip_model_load=True)
-    assert package_io_shapes(decoder) == shapes["decoder"] != shapes["unet"]
+    with pytest.raises(StageIOError, match="are not the unet stage's"):
+        artifact.specs["unet"].check_io(package_signature(decoder), "decoder.mlpackage")
 
 
 def test_weight_comparison_catches_an_altered_weight(tiny_model: MoRSR, static_fp16: Path) -> None:
-    module = StageModule(tiny_model, "decoder", "static")
-    assert compare_weights(module, static_fp16 / "decoder.mlpackage", 1e-3)["mismatched"] == []
-    weight = tiny_model.vae.decoder.conv_in.weight
-    saved = weight.detach().clone()  # restored bit for bit: the model is shared by later tests
+    package = static_fp16 / "decoder.mlpackage"
+    assert compare_weights(StageModule(tiny_model, "decoder", "static"), package, 1e-3)["mismatched"] == []
+    altered = copy.deepcopy(tiny_model)  # the shared model stays as shipped
     with torch.no_grad():
-        weight[0, 0, 0, 0] += 0.05
-    try:
-        report = compare_weights(module, static_fp16 / "decoder.mlpackage", 1e-3)
-    finally:
-        with torch.no_grad():
-            weight.copy_(saved)
+        altered.vae.decoder.conv_in.weight[0, 0, 0, 0] += 0.05
+    report = compare_weights(StageModule(altered, "decoder", "static"), package, 1e-3)
     assert any("decoder_conv_in_weight" in m for m in report["mismatched"])
 
 
