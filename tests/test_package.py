@@ -33,7 +33,10 @@ def test_wheel_maps_top_level_folders_into_mor_edge(tmp_path: Path) -> None:
     names = set(zipfile.ZipFile(wheel).namelist())
     for required in (
         "mor_edge/__init__.py",
-        "mor_edge/cli.py",
+        "mor_edge/cli/__init__.py",
+        "mor_edge/cli/__main__.py",
+        "mor_edge/stage_contract.py",
+        "mor_edge/runtimes/registry.py",
         "mor_edge/export/__init__.py",
         "mor_edge/runtimes/__init__.py",
         "mor_edge/calib/__init__.py",

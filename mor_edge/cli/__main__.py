@@ -1,0 +1,5 @@
+"""`python -m mor_edge.cli`."""
+
+from .app import main
+
+main()

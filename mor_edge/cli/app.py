@@ -1,0 +1,191 @@
+"""The command group, its exit-code and signal handling, and what every command shares:
+one-line errors, options, model loading, parity and bench runs."""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from ..errors import UserError
+
+F = TypeVar("F", bound=Callable[..., Any])
+# The largest tile: the VAE mid-block attends over (tile * scale / 4)^2 latent tokens in the
+# reference (65536 at 256), time growing with their square.
+MAX_REFERENCE_TILE = 256
+
+
+# An optional package a command needs -> the extra that installs it. A runtime-only install
+# (`pip install "mor-edge[onnx]"`) has no PyTorch: the commands that need the reference say so.
+EXTRAS = {
+    "torch": "reference",
+    "diffusers": "reference",
+    "transformers": "reference",
+    "safetensors": "reference",
+    "onnx": "reference",
+    "onnxscript": "reference",
+    "nncf": "reference",
+    "onnxruntime": "onnx",
+    "openvino": "openvino",
+    "coremltools": "coreml",
+    "skimage": "train",
+    "scipy": "train",
+    "matplotlib": "train",
+}
+
+
+def user_errors(fn: F) -> F:
+    """Turn a `UserError` into click's one-line 'Error: ...' and exit code 1; a missing
+    optional package into the extra that installs it."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except UserError as exc:
+            raise click.ClickException(str(exc)) from None
+        except ModuleNotFoundError as exc:
+            top = (exc.name or "").split(".")[0]
+            if top not in EXTRAS:
+                raise
+            what = "the PyTorch reference and exporters" if EXTRAS[top] == "reference" else top
+            raise click.ClickException(
+                f"`{fn.__name__.replace('_command', '')}` needs {what} ({top} is not installed): "
+                f"pip install 'mor-edge[{EXTRAS[top]}]'"
+            ) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def load_model_dir(model_dir: str | None) -> Any:
+    from ..builtin import load_model
+
+    try:
+        return load_model(model_dir)
+    except FileNotFoundError as exc:
+        raise UserError(str(exc)) from None
+
+
+model_option = click.option(
+    "--model",
+    "model_dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Model folder (config.json + model.safetensors). Default: the built-in model.",
+)
+
+
+class Interrupted(BaseException):
+    """SIGTERM or SIGHUP, raised where Python runs next so that cleanup blocks run as for
+    Ctrl-C (temporary files and folders are removed)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_interrupted(signum: int, _frame: object) -> None:
+    raise Interrupted(signum)
+
+
+class MorEdgeCLI(click.Group):
+    """Exit codes: 0 done, 1 any user mistake (Click's usage errors included), 128 + N when
+    stopped by signal N (130 Ctrl-C, 143 SIGTERM, 129 SIGHUP), each with one line."""
+
+    def main(  # type: ignore[override]
+        self, args: Any = None, prog_name: str | None = None, **kwargs: Any
+    ) -> Any:
+        import signal
+        import sys
+        import threading
+
+        kwargs.pop("standalone_mode", None)
+        main_thread = threading.current_thread() is threading.main_thread()  # signal() needs it
+        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGHUP) if main_thread}
+        for sig in previous:
+            signal.signal(sig, _raise_interrupted)
+        try:
+            code = super().main(args, prog_name, standalone_mode=False, **kwargs)
+        except click.ClickException as exc:
+            exc.show()
+            code = 1
+        except (click.exceptions.Abort, KeyboardInterrupt):
+            click.echo("\ninterrupted (SIGINT); temporary files removed", err=True)
+            code = 128 + signal.SIGINT
+        except Interrupted as exc:
+            click.echo(
+                f"\ninterrupted ({signal.Signals(exc.signum).name}); temporary files removed", err=True
+            )
+            code = 128 + exc.signum
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+@click.group(cls=MorEdgeCLI, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="mor-edge")
+def main() -> None:
+    """mor-edge: Mixture-of-Ranks one-step diffusion super-resolution for edge runtimes.
+
+    Every command uses the built-in tiny model unless given a model folder.
+    """
+
+
+threads_option = click.option(
+    "--threads",
+    type=click.IntRange(1, 256),
+    default=None,
+    help="Runtime threads, 1-256 (default: all cores).",
+)
+samples_option = click.option(
+    "--samples", type=click.IntRange(1, 1000), default=6, show_default=True, help="Degraded held-out images."
+)
+
+
+def reference_for(artifact_dir: str, model_dir: str | None) -> Any:
+    """The model an artifact was exported from (its manifest says where), hash-checked."""
+    from mor_edge.export.manifest import Artifact
+    from mor_edge.model import model_fingerprint
+
+    recorded = Artifact(artifact_dir).checked.model
+    source = model_dir or recorded.source
+    model = load_model_dir(None if source == "builtin" else source)
+    if model_fingerprint(model) != recorded.hash:
+        raise UserError(
+            f"{artifact_dir} was exported from a different model than {source!r} "
+            "(hash mismatch); pass the right one with --model"
+        )
+    return model
+
+
+def parity_report(
+    artifact_dir: str, model: Any, samples: int, seed: int, threads: int | None
+) -> dict[str, Any]:
+    from mor_edge.runtimes.parity import run_parity
+    from mor_edge.runtimes.registry import load_runtime
+
+    return run_parity(load_runtime(artifact_dir, threads), model, samples=samples, seed=seed)
+
+
+def bench_report(
+    artifact_dir: str, warmup: int, runs: int, threads: int | None, progress: bool
+) -> dict[str, Any]:
+    from mor_edge.runtimes.latency import run_bench
+    from mor_edge.runtimes.registry import load_runtime
+
+    return run_bench(load_runtime(artifact_dir, threads), warmup=warmup, runs=runs, progress=progress)
+
+
+def check_writable_folder(folder: Path) -> None:
+    """Create `folder` (and parents) now, so that an unwritable place fails before the work."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"{folder}: cannot create the output folder ({exc.strerror})") from None
+    if not os.access(folder, os.W_OK):
+        raise UserError(f"{folder}: output folder is not writable")

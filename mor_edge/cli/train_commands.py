@@ -1,0 +1,218 @@
+"""`mor-edge train` and `mor-edge evaluate`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..errors import UserError
+from .app import check_writable_folder, load_model_dir, main, user_errors
+from .formatting import quality_table
+
+
+@main.command()
+@click.option("--preset", type=click.Choice(["tiny", "sd21"]), default="tiny", show_default=True)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False),
+    default="runs/tiny",
+    show_default=True,
+    help="Run folder: log.jsonl, checkpoint/ (resumed automatically), model/ at the end.",
+)
+@click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True)
+@click.option(
+    "--sd",
+    "sd_folder",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Local Stable Diffusion folder: start from its weights (only the MoR stage trains).",
+)
+@click.option(
+    "--clip",
+    "clip_folder",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Local CLIP folder for --sd (zero-shot degradation scores).",
+)
+@click.option(
+    "--images",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Folder of HR training images (default: the built-in photos' training split).",
+)
+@click.option("--estimator-steps", type=click.IntRange(0, 1_000_000), default=None)
+@click.option("--base-steps", type=click.IntRange(0, 1_000_000), default=None)
+@click.option("--mor-steps", type=click.IntRange(0, 1_000_000), default=None)
+@click.option("--batch-size", type=click.IntRange(1, 1024), default=None)
+@click.option(
+    "--hr-size", type=click.IntRange(32, 1024), default=None, help="HR crop side (a multiple of 32, 32-1024)."
+)
+@click.option("--fresh", is_flag=True, help="Ignore an existing checkpoint in --out.")
+@user_errors
+def train(
+    preset: str,
+    out: str,
+    seed: int,
+    sd_folder: str | None,
+    clip_folder: str | None,
+    images: str | None,
+    estimator_steps: int | None,
+    base_steps: int | None,
+    mor_steps: int | None,
+    batch_size: int | None,
+    hr_size: int | None,
+    fresh: bool,
+) -> None:
+    """Train a MoR model: CLIP-form estimator, dense base, then MoR experts (tiny preset from
+    scratch: `mor-edge train --preset tiny` reproduces the built-in model). With --sd and
+    --clip only the MoR experts train, on pretrained weights, CLIP zero-shot."""
+    import shutil
+
+    from ..atomic import MARKER, made_by_us
+    from ..model import MoRSR
+    from ..training import TrainConfig, Trainer, initial_model
+
+    overrides: dict[str, Any] = {
+        k: v
+        for k, v in dict(
+            estimator_steps=estimator_steps,
+            base_steps=base_steps,
+            mor_steps=mor_steps,
+            batch_size=batch_size,
+            hr_size=hr_size,
+        ).items()
+        if v is not None
+    }
+    if hr_size is not None and hr_size % 32:
+        raise UserError("--hr-size must be a multiple of 32")
+    config = TrainConfig(seed=seed, images=images, **overrides)
+    if images is not None and not Path(images).is_dir():
+        raise UserError(f"{images}: no such folder")
+    if sd_folder is not None and clip_folder is None:
+        raise UserError("--sd needs --clip (a local CLIP folder for the degradation scores)")
+    run = Path(out)
+    if run.exists() and not (run.is_dir() and made_by_us(run)):
+        raise UserError(
+            f"{run} is not a run folder mor-edge made (no {MARKER} file in it) and not empty; "
+            "choose another --out"
+        )
+    resume = not fresh and (run / "checkpoint" / "config.json").is_file()
+    if resume:
+        model = MoRSR.from_pretrained(run / "checkpoint")
+        click.echo(f"resuming from {run / 'checkpoint'}")
+    elif sd_folder is not None:
+        assert clip_folder is not None
+        from ..config import PRESETS
+
+        try:
+            model = MoRSR.from_diffusers(sd_folder, clip_folder, PRESETS[preset]())
+        except (FileNotFoundError, ValueError) as exc:
+            raise UserError(str(exc)) from None
+        config.estimator_steps = config.base_steps = 0
+    else:
+        model = initial_model(preset, seed)
+    if fresh and run.exists():  # every check has passed, and the folder is one of our runs
+        shutil.rmtree(run)
+    trained = Trainer(model, config, run).run()
+    trained.save_pretrained(run / "model")
+    click.echo(f"wrote {run / 'model'} (log: {run / 'log.jsonl'})")
+
+
+@main.command()
+@click.argument("model_dir", required=False, type=click.Path(file_okay=False))
+@click.option(
+    "--images",
+    "count",
+    type=click.IntRange(3, 10_000),
+    default=90,
+    show_default=True,
+    help="Held-out degraded images (severities cycle mild/moderate/severe; 90 gives 30 per "
+    "level: with 10 per level, the per-level means of experts and scores are mostly noise).",
+)
+@click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=1234, show_default=True)
+@click.option(
+    "--photos",
+    "photos_dir",
+    type=click.Path(file_okay=False),
+    help="Folder of HR photos to crop and degrade (e.g. the validation set of a dataset you "
+    "trained on with `train --images`); default: the built-in held-out photos.",
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False),
+    default="out/evaluate",
+    show_default=True,
+    help="Where the plot and the image grid go.",
+)
+@click.option(
+    "--lr-only",
+    is_flag=True,
+    help="Treat the photos as real LR images without HR: crops are upscaled, brought back to "
+    "the LR grid and compared in colour (CIEDE2000) with the input, against bicubic.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@user_errors
+def evaluate(
+    model_dir: str | None,
+    count: int,
+    seed: int,
+    photos_dir: str | None,
+    out: str,
+    lr_only: bool,
+    as_json: bool,
+) -> None:
+    """Evaluate MODEL_DIR (default: built-in) on held-out photos: per severity, PSNR-Y and
+    SSIM-Y (border cropped) and CIEDE2000 colour difference against HR for SR and bicubic, the
+    colour difference of SR brought back to the LR grid against the input, Spearman of each
+    score with its degradation, active experts by severity. Writes active_experts.png and
+    grid.png to --out (grid.png only with --lr-only)."""
+    from ..evaluation import evaluate as run_evaluate
+    from ..evaluation import evaluate_lr_only, plot_active_experts, save_grid
+    from ..image_io import folder_images
+    from ..photos import evaluation_photos
+
+    model = load_model_dir(model_dir)
+    folder = Path(out)
+    check_writable_folder(folder)
+    named = folder_images(photos_dir) if photos_dir else evaluation_photos()
+    photos = list(named.values())
+    source = photos_dir or f"held-out ({', '.join(named)})"
+    if lr_only:
+        report, lr, sr = evaluate_lr_only(model, photos, count=count, seed=seed)
+        report["photos"] = source
+        save_grid(lr, sr, model.config.scale, folder / "grid.png")
+        report["plots"] = {"grid": str(folder / "grid.png")}
+        if as_json:
+            click.echo(json.dumps(report, indent=2))
+            return
+        click.echo(f"photos: {source}, {count} LR crops (seed {seed})")
+        click.echo(
+            f"CIEDE2000 of the x{model.config.scale} round trip against the input: "
+            f"SR {report['ciede_sr_vs_lr']:.2f}   bicubic {report['ciede_bicubic_vs_lr']:.2f}"
+        )
+        click.echo(f"grid: {folder / 'grid.png'}")
+        return
+    report, pairs, sr = run_evaluate(model, count=count, seed=seed, photos=photos)
+    report["photos"] = source
+    plot_active_experts(report, folder / "active_experts.png")
+    save_grid(pairs.lr, sr, model.config.scale, folder / "grid.png", hr=pairs.hr, labels=pairs.severities)
+    report["plots"] = {"active_experts": str(folder / "active_experts.png"), "grid": str(folder / "grid.png")}
+    if as_json:
+        per_image = [k for k in report if k.endswith("per_image")] + ["severities"]
+        click.echo(json.dumps({k: v for k, v in report.items() if k not in per_image}, indent=2))
+        return
+    click.echo(f"model {model.config.name} {model.config.label}".rstrip())
+    click.echo(f"photos: {source}, {count} degraded crops (seed {seed})")
+    click.echo(quality_table(report))
+    click.echo(
+        "Spearman(score, degradation): "
+        + ", ".join(f"{k} {'n/a' if v is None else f'{v:.2f}'}" for k, v in report["spearman"].items())
+    )
+    click.echo(
+        "active routed experts: "
+        + ", ".join(f"{k} {v:.2f}" for k, v in report["active_experts_by_severity"].items())
+    )
+    click.echo(f"plots: {folder / 'active_experts.png'}, {folder / 'grid.png'}")
