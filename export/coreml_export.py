@@ -39,6 +39,7 @@ from mor_edge.errors import UserError
 from mor_edge.runtimes.coreml_runtime import package_signature, require_macos
 from mor_edge.stage_contract import StageSpec
 
+from .capabilities import Capabilities, ExportSettings
 from .manifest import size_bytes
 from .stages import example_inputs
 
@@ -76,10 +77,14 @@ def _quiet() -> None:
 class CoreMLTarget:
     name = "coreml"
     suffix = ".mlpackage"
-    precisions: tuple[str, ...] = PRECISIONS
-    static_weights = "sliced"  # the exporter keeps the LoRA branch unmerged per bucket
-    default_precision = "fp16"
-    bicubic_as_matmul = True  # Core ML has no bicubic resize op
+    capabilities = Capabilities(
+        precisions=PRECISIONS,
+        default_precision="fp16",
+        static_weights="sliced",  # identical base weights in every bucket's function
+        multifunction=True,
+        resize="matmul",  # Core ML has no bicubic resize op
+        quantizer="target",  # coremltools compresses inside the conversion
+    )
 
     def __init__(self, deployment_target: str = "iOS17") -> None:
         import coremltools as ct
@@ -88,9 +93,13 @@ class CoreMLTarget:
             raise UserError(f"unknown Core ML deployment target {deployment_target!r}")
         self.deployment_target = deployment_target
         self.reports: dict[str, dict[str, Any]] = {}
-        # set by the exporter for `w8a8`: the calibration set and the routing it captured
-        self.calibration: CalibrationSet | None = None
+        self.calibration: CalibrationSet | None = None  # for w8a8: the set and its routing
         self.routing = "static"
+
+    def configure(self, settings: ExportSettings) -> None:
+        self.calibration, self.routing = settings.calibration, settings.routing
+        if settings.combine_variants:
+            self.deployment_target = "iOS18"  # multifunction packages need iOS 18
 
     def describe(self) -> dict[str, object]:
         import coremltools as ct
@@ -127,12 +136,11 @@ class CoreMLTarget:
             model = compress(model, precision, self._samples(spec) if precision == "w8a8" else None)
         model.save(str(path))
         spec.check_io(package_signature(ct.models.MLModel(str(path), skip_model_load=True)), path.name)
+        weights = compare_weights(module, path, WEIGHT_TOLERANCE[precision])
         self.reports[path.name] = {
-            "weights": compare_weights(module, path, WEIGHT_TOLERANCE[precision]),
-            "ops": op_inventory(path),
-            "size_bytes": size_bytes(path),
+            "validation": {"weights": weights, "ops": op_inventory(path), "size_bytes": size_bytes(path)}
         }
-        bad = self.reports[path.name]["weights"]["mismatched"]
+        bad = weights["mismatched"]
         if bad:
             raise RuntimeError(f"{path.name}: converted weights differ from PyTorch: {bad[:5]}")
         return [path]

@@ -13,10 +13,10 @@ import os
 import platform
 import shutil
 import tempfile
-from collections.abc import Callable
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, cast
+from typing import Any, cast
 
 import numpy as np
 import onnx
@@ -33,9 +33,15 @@ from mor_edge.resize import bicubic_as_matmul
 from mor_edge.routing import Buckets, clear_routing
 from mor_edge.stage_contract import ROUTED_STAGES, ROUTING_MODES, STAGES, StageSpec, stage_specs
 
+from .capabilities import (
+    ExportSettings,
+    MultifunctionTarget,
+    QuantizingTarget,
+    Target,
+    WeightCompressingTarget,
+)
 from .int8 import (
     KEEP_FLOAT_POLICIES,
-    Sample,
     float_only_nodes,
     keep_float_groups,
     plan_float_nodes,
@@ -46,36 +52,13 @@ from .onnx_export import OnnxTarget
 from .routing_plan import default_buckets, folded, sliced, stage_layers, static_plan
 from .stages import StageModule
 
-TARGETS = ("onnx", "openvino", "coreml")
+TARGETS = ("onnx", "openvino", "coreml", "tensorrt")
 QUANTIZED = ("int8", "w8")
 DEFAULT_CALIBRATION_SAMPLES = 64
 
 
-class Target(Protocol):
-    name: str
-    suffix: str
-    precisions: tuple[str, ...]
-
-    def describe(self) -> dict[str, object]: ...
-
-    def export_stage(
-        self, module: nn.Module, spec: StageSpec, path: Path, precision: str = "fp32"
-    ) -> list[Path]: ...
-
-
-class QuantizingTarget(Target, Protocol):
-    """A target with the shared INT8 path (ONNX Runtime, OpenVINO)."""
-
-    def quantize_stage(
-        self, source: Path, path: Path, samples: list[Sample], float_nodes: set[str]
-    ) -> None: ...
-
-    def runner(self, path: Path) -> Callable[[Sample], np.ndarray]: ...
-
-    def finish(self, path: Path, spec: StageSpec) -> list[Path]: ...
-
-
 def make_target(name: str, **options: Any) -> Target:
+    """The target object for `name`; its module is imported only when asked for."""
     if name == "onnx":
         return OnnxTarget(**options)
     if name == "coreml":
@@ -92,6 +75,14 @@ def make_target(name: str, **options: Any) -> Target:
                 "the openvino target needs openvino and nncf (pip install 'mor-edge[openvino]')"
             ) from None
         return OpenVinoTarget(**options)
+    if name == "tensorrt":
+        try:
+            from .tensorrt_export import TensorRTTarget
+        except ImportError:
+            raise UserError(
+                "the tensorrt target needs NVIDIA ModelOpt (pip install 'mor-edge[tensorrt]')"
+            ) from None
+        return TensorRTTarget(**options)
     raise UserError(f"unknown target {name!r} (available: {', '.join(TARGETS)})")
 
 
@@ -147,7 +138,7 @@ class _Quantization:
 
     def __init__(
         self,
-        target: QuantizingTarget,
+        target: Target,
         precision: str,
         routing: str,
         calibration: CalibrationSet | None,
@@ -155,7 +146,8 @@ class _Quantization:
         scratch: Path,
         onnx_target: OnnxTarget,
     ) -> None:
-        self.target, self.precision, self.routing = target, precision, routing
+        self.target = cast(QuantizingTarget, target)
+        self.precision, self.routing = precision, routing
         self.calibration, self.keep_float, self.scratch = calibration, keep_float, scratch
         self.onnx_target = onnx_target
         self.plans: dict[str, tuple[set[str], dict[str, Any]]] = {}
@@ -173,7 +165,7 @@ class _Quantization:
                     n for g in keep_float_groups("default", groups) for n in groups[g]
                 }
                 self.plans[stage] = (nodes, {"mode": "weights only, INT8 asymmetric"})
-            self.target.compress_weights(source, path, self.plans[stage][0])  # type: ignore[attr-defined]
+            cast(WeightCompressingTarget, self.target).compress_weights(source, path, self.plans[stage][0])
             return self.target.finish(path, spec)
         assert self.calibration is not None
         samples = self.calibration.stage_inputs(spec, self.routing, buckets)
@@ -186,6 +178,87 @@ class _Quantization:
             self.plans[stage][1]["calibration_samples"] = len(samples)
         self.target.quantize_stage(source, path, samples, self.plans[stage][0])
         return self.target.finish(path, spec)
+
+
+@dataclass
+class ExportPlan:
+    """Everything an export decided before writing anything: the target, precision, routing
+    form, buckets, calibration, stage contracts and the (stage, variant) jobs."""
+
+    target: Target
+    target_name: str
+    precision: str
+    routing: str
+    form: str
+    buckets: Buckets | None
+    calibration: CalibrationSet | None
+    keep_float: str
+    specs: dict[str, StageSpec]
+    jobs: list[dict[str, Any]]
+    fingerprint: str
+    model_source: str
+    onnx_target: OnnxTarget
+
+
+def plan_export(
+    model: MoRSR,
+    target: str = "onnx",
+    routing: str = "static",
+    precision: str | None = None,
+    buckets: Buckets | None = None,
+    model_source: str = "builtin",
+    target_options: dict[str, Any] | None = None,
+    dynamic_form: str | None = None,
+    calibration: CalibrationSet | None = None,
+    keep_float: str = "default",
+    progress: bool = True,
+) -> ExportPlan:
+    """Check the options against the target's declared capabilities and decide everything
+    (a default calibration set is built here when a quantized precision needs one)."""
+    if routing not in ROUTING_MODES:
+        raise UserError(f"routing must be one of {', '.join(ROUTING_MODES)}")
+    if keep_float not in KEEP_FLOAT_POLICIES:
+        raise UserError(f"keep-float must be one of {', '.join(KEEP_FLOAT_POLICIES)}")
+    tgt = make_target(target, **(target_options or {}))
+    caps = tgt.capabilities
+    precision = precision or caps.default_precision
+    if precision not in caps.precisions:
+        raise UserError(f"precision must be one of {', '.join(caps.precisions)} for the {target} target")
+    if routing == "static" and buckets is None:
+        buckets = default_buckets(model)
+    fingerprint = model_fingerprint(model)
+    if precision == "w8a8":
+        from mor_edge.runtimes.coreml_runtime import require_macos
+
+        require_macos("W8A8 activation calibration (coremltools runs the model on sample data)")
+    if precision in ("int8", "w8a8"):
+        if calibration is None:
+            calibration = _grid_calibration(model, buckets, routing, progress)
+        calibration.check_for(fingerprint, buckets.to_list() if buckets is not None else None, routing)
+    jobs = _job_list(model, routing, buckets)
+    tgt.configure(
+        ExportSettings(
+            routing=routing,
+            precision=precision,
+            calibration=calibration,
+            combine_variants=caps.multifunction and any(job["variant"] > 0 for job in jobs),
+        )
+    )
+    return ExportPlan(
+        target=tgt,
+        target_name=target,
+        precision=precision,
+        routing=routing,
+        form=dynamic_form or ("gather" if precision in QUANTIZED else "fold"),
+        buckets=buckets,
+        calibration=calibration,
+        keep_float=keep_float,
+        specs=stage_specs(model.config, routing),
+        jobs=jobs,
+        fingerprint=fingerprint,
+        model_source=model_source,
+        onnx_target=OnnxTarget(**{k: v for k, v in (target_options or {}).items() if k == "exporter"}),
+    )
 
 
 def export(
@@ -205,135 +278,124 @@ def export(
 ) -> Path:
     """Export every stage of `model` to `out` for `target`; returns the artifact folder.
 
+    Plans (`plan_export`), writes the stage files (`build_stages`) and the manifest
+    (`manifest_for`) in a temporary folder that replaces `out` only when all is written.
     Quantized precisions use `calibration` (made here with defaults when not given) and the
     `keep_float` policy. Dynamic routing uses the `fold` form by default, `gather` when
     quantized (folded weights are computed from `s` and would stay in float)."""
-    if routing not in ROUTING_MODES:
-        raise UserError(f"routing must be one of {', '.join(ROUTING_MODES)}")
-    if keep_float not in KEEP_FLOAT_POLICIES:
-        raise UserError(f"keep-float must be one of {', '.join(KEEP_FLOAT_POLICIES)}")
-    tgt = make_target(target, **(target_options or {}))
-    precision = precision or getattr(tgt, "default_precision", "fp32")
-    if precision not in tgt.precisions:
-        raise UserError(f"precision must be one of {', '.join(tgt.precisions)} for the {target} target")
     out = Path(out)
     check_destination(out, force)
-    form = dynamic_form or ("gather" if precision in QUANTIZED else "fold")
-    if routing == "static" and buckets is None:
-        buckets = default_buckets(model)
-    fingerprint = model_fingerprint(model)
-    if precision == "w8a8" and target == "coreml":
-        from mor_edge.runtimes.coreml_runtime import require_macos
-
-        require_macos("W8A8 activation calibration (coremltools runs the model on sample data)")
-    if precision in ("int8", "w8a8"):
-        if calibration is None:
-            calibration = _grid_calibration(model, buckets, routing, progress)
-        calibration.check_for(fingerprint, buckets.to_list() if buckets is not None else None, routing)
-        if hasattr(tgt, "calibration"):
-            tgt.calibration, tgt.routing = calibration, routing  # type: ignore[attr-defined]
-    specs = stage_specs(model.config, routing)
-    jobs = _job_list(model, routing, buckets)
-    static_weights = getattr(tgt, "static_weights", "folded")
-    resize = bicubic_as_matmul if getattr(tgt, "bicubic_as_matmul", False) else nullcontext
-    if hasattr(tgt, "combine_variants") and any(job["variant"] > 0 for job in jobs):
-        tgt.deployment_target = "iOS18"  # type: ignore[attr-defined]  # multifunction needs iOS 18
-    onnx_target = OnnxTarget(**{k: v for k, v in (target_options or {}).items() if k == "exporter"})
-
+    plan = plan_export(
+        model,
+        target,
+        routing,
+        precision,
+        buckets,
+        model_source,
+        target_options,
+        dynamic_form,
+        calibration,
+        keep_float,
+        progress,
+    )
     with (
         atomic_folder(out, force, kind="artifact") as tmp,
         tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.scratch-{os.getpid()}-") as scratch,
     ):
-        quantization = _Quantization(
-            cast(QuantizingTarget, tgt),
-            precision,
-            routing,
-            calibration,
-            keep_float,
-            Path(scratch),
-            onnx_target,
-        )
-        stages: dict[str, dict[str, Any]] = {
-            name: {
-                **specs[name].to_dict(),
-                "precision": stage_precision(name, precision),
-                "variants": [],
-            }
-            for name in STAGES
-        }
-        model.eval()
-        clear_routing(model.layers())
-        for job in tqdm(
-            jobs, desc=f"export {target} {routing} {precision}", disable=not progress, unit="graph"
-        ):
-            stage, spec = job["stage"], specs[job["stage"]]
-            name = (
-                f"{stage}{tgt.suffix}" if job["buckets"] is None else f"{stage}.v{job['variant']}{tgt.suffix}"
-            )
-            fixed: Any = nullcontext()
-            if job["weights"] and static_weights == "sliced":
-                assert buckets is not None
-                fixed = sliced(stage_layers(model, stage), buckets.centres[job["buckets"][0]])
-            elif job["weights"]:
-                fixed = folded(stage_layers(model, stage), job["weights"])
-            with fixed, resize():
-                module: nn.Module = StageModule(model, stage, routing, form)
-                this_precision = stage_precision(stage, precision)
-                if this_precision in QUANTIZED and hasattr(tgt, "quantize_stage"):
-                    quantization.write(module, spec, stage, tmp / name, job["buckets"])
-                else:
-                    tgt.export_stage(module, spec, tmp / name, this_precision)
-            entry = stages[stage]
-            entry["variants"].append({"file": name, "buckets": job["buckets"]})
-            reports = getattr(tgt, "reports", {})
-            if name in reports:
-                entry["variants"][-1]["validation"] = reports[name]
-            if "bucket_variant" in job:
-                entry["bucket_variant"] = job["bucket_variant"]
-        if hasattr(tgt, "combine_variants"):
-            _combine_variants(tgt, tmp, stages)
-        for stage, (_, report) in quantization.plans.items():
-            stages[stage]["quantization"] = report
-        manifest = {
-            "schema_version": SCHEMA_VERSION,
-            "created_by": {
-                "mor_edge": mor_edge.__version__,
-                "torch": torch.__version__,
-                "python": platform.python_version(),
-                **tgt.describe(),
-            },
-            "model": {
-                "name": model.config.name,
-                "label": model.config.label,
-                "hash": fingerprint,
-                "source": model_source,
-            },
-            "target": target,
-            "precision": precision,
-            "routing": {
-                "mode": routing,
-                "dynamic_form": form if routing == "dynamic" else None,
-                "buckets": buckets.to_list() if routing == "static" and buckets is not None else None,
-                "rule": "nearest centre, squared Euclidean distance in float64, ties to the lower index",
-                "degradation_names": model.config.degradation_names,
-            },
-            "calibration": _calibration_summary(calibration) if precision in ("int8", "w8a8") else None,
-            "scale": model.config.scale,
-            "colour": {
-                "fix": model.config.colour_fix,
-                "levels": model.config.colour_levels,
-                "residual": model.config.residual,
-                "where": "in the decoder stage's graph (input lr)" if model.config.decoder_takes_lr else None,
-                "tile_margin": model.config.colour_margin,
-            },
-            "stages": stages,
-            "sizes_bytes": {p.name: size_bytes(p) for p in sorted(tmp.iterdir())},
-        }
-        write_manifest(tmp, manifest)
+        stages = build_stages(plan, model, tmp, Path(scratch), progress)
+        write_manifest(tmp, manifest_for(plan, model, stages, tmp))
     return out
 
 
-def _combine_variants(tgt: Any, folder: Path, stages: dict[str, dict[str, Any]]) -> None:
+def build_stages(
+    plan: ExportPlan, model: MoRSR, folder: Path, scratch: Path, progress: bool = True
+) -> dict[str, dict[str, Any]]:
+    """Write every (stage, variant) file into `folder`; returns the manifest's stage entries."""
+    tgt, caps = plan.target, plan.target.capabilities
+    quantization = _Quantization(
+        tgt, plan.precision, plan.routing, plan.calibration, plan.keep_float, scratch, plan.onnx_target
+    )
+    stages: dict[str, dict[str, Any]] = {
+        name: {
+            **plan.specs[name].to_dict(),
+            "precision": stage_precision(name, plan.precision),
+            "variants": [],
+        }
+        for name in STAGES
+    }
+    resize = bicubic_as_matmul if caps.resize == "matmul" else nullcontext
+    model.eval()
+    clear_routing(model.layers())
+    desc = f"export {plan.target_name} {plan.routing} {plan.precision}"
+    for job in tqdm(plan.jobs, desc=desc, disable=not progress, unit="graph"):
+        stage, spec = job["stage"], plan.specs[job["stage"]]
+        name = f"{stage}{tgt.suffix}" if job["buckets"] is None else f"{stage}.v{job['variant']}{tgt.suffix}"
+        fixed: Any = nullcontext()
+        if job["weights"] and caps.static_weights == "sliced":
+            assert plan.buckets is not None
+            fixed = sliced(stage_layers(model, stage), plan.buckets.centres[job["buckets"][0]])
+        elif job["weights"]:
+            fixed = folded(stage_layers(model, stage), job["weights"])
+        with fixed, resize():
+            module: nn.Module = StageModule(model, stage, plan.routing, plan.form)
+            this_precision = stage_precision(stage, plan.precision)
+            if this_precision in QUANTIZED and caps.quantizer == "shared":
+                quantization.write(module, spec, stage, folder / name, job["buckets"])
+            else:
+                tgt.export_stage(module, spec, folder / name, this_precision)
+        entry = stages[stage]
+        entry["variants"].append({"file": name, "buckets": job["buckets"]})
+        entry["variants"][-1].update(tgt.reports.get(name, {}))  # the target's checks and recipes
+        if "bucket_variant" in job:
+            entry["bucket_variant"] = job["bucket_variant"]
+    if caps.multifunction:
+        _combine_variants(cast(MultifunctionTarget, tgt), folder, stages)
+    for stage, (_, report) in quantization.plans.items():
+        stages[stage]["quantization"] = report
+    return stages
+
+
+def manifest_for(
+    plan: ExportPlan, model: MoRSR, stages: dict[str, dict[str, Any]], folder: Path
+) -> dict[str, Any]:
+    """The manifest of an artifact whose stage files are in `folder` (hashes are added when
+    it is written)."""
+    c = model.config
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "created_by": {
+            "mor_edge": mor_edge.__version__,
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            **plan.target.describe(),
+        },
+        "model": {"name": c.name, "label": c.label, "hash": plan.fingerprint, "source": plan.model_source},
+        "target": plan.target_name,
+        "precision": plan.precision,
+        "routing": {
+            "mode": plan.routing,
+            "dynamic_form": plan.form if plan.routing == "dynamic" else None,
+            "buckets": plan.buckets.to_list()
+            if plan.routing == "static" and plan.buckets is not None
+            else None,
+            "rule": "nearest centre, squared Euclidean distance in float64, ties to the lower index",
+            "degradation_names": c.degradation_names,
+        },
+        "calibration": _calibration_summary(plan.calibration) if plan.precision in ("int8", "w8a8") else None,
+        "scale": c.scale,
+        "colour": {
+            "fix": c.colour_fix,
+            "levels": c.colour_levels,
+            "residual": c.residual,
+            "where": "in the decoder stage's graph (input lr)" if c.decoder_takes_lr else None,
+            "tile_margin": c.colour_margin,
+        },
+        "stages": stages,
+        "sizes_bytes": {p.name: size_bytes(p) for p in sorted(folder.iterdir())},
+    }
+
+
+def _combine_variants(tgt: MultifunctionTarget, folder: Path, stages: dict[str, dict[str, Any]]) -> None:
     """Targets with multifunction files (Core ML): a stage's variants become the functions
     `v0`, `v1`, ... of one file."""
     for stage, entry in stages.items():

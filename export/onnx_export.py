@@ -26,6 +26,7 @@ from torch import nn
 
 from mor_edge.stage_contract import Signature, StageSpec
 
+from .capabilities import Capabilities, ExportSettings
 from .int8 import QUANTIZED_OPS, Sample
 from .stages import example_inputs
 
@@ -53,7 +54,7 @@ class HalfPrecision(nn.Module):
 class OnnxTarget:
     name = "onnx"
     suffix = ".onnx"
-    precisions: tuple[str, ...] = ("fp32", "fp16", "int8")
+    capabilities = Capabilities(precisions=("fp32", "fp16", "int8"))
 
     def __init__(self, exporter: str = "torchscript", calibration_method: str = CALIBRATION_METHOD) -> None:
         if exporter not in EXPORTERS:
@@ -62,6 +63,7 @@ class OnnxTarget:
             raise ValueError(f"calibration method must be one of {CALIBRATION_METHODS}")
         self.exporter = exporter
         self.calibration_method = calibration_method
+        self.reports: dict[str, dict[str, Any]] = {}
         self._range_caches: dict[Path, Path] = {}
 
     def describe(self) -> dict[str, object]:
@@ -71,6 +73,9 @@ class OnnxTarget:
             "onnx": onnx.__version__,
             "int8_calibration_method": self.calibration_method,
         }
+
+    def configure(self, settings: ExportSettings) -> None:
+        """Nothing to set: an ONNX graph takes the same form for every export setting."""
 
     def export_stage(
         self, module: nn.Module, spec: StageSpec, path: Path, precision: str = "fp32"

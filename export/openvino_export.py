@@ -26,6 +26,7 @@ from torch import nn
 from mor_edge.runtimes.openvino_runtime import model_signature
 from mor_edge.stage_contract import StageSpec
 
+from .capabilities import Capabilities, ExportSettings
 from .int8 import Sample
 from .onnx_export import OnnxTarget
 
@@ -44,10 +45,14 @@ def ignored_scope(float_nodes: set[str]) -> Any:
 class OpenVinoTarget:
     name = "openvino"
     suffix = ".xml"
-    precisions: tuple[str, ...] = ("fp32", "fp16", "int8", "w8")
+    capabilities = Capabilities(precisions=("fp32", "fp16", "int8", "w8"))
 
     def __init__(self, exporter: str = "torchscript", **onnx_options: Any) -> None:
         self.onnx = OnnxTarget(exporter, **onnx_options)
+        self.reports: dict[str, dict[str, Any]] = {}
+
+    def configure(self, settings: ExportSettings) -> None:
+        """Nothing to set: IRs are converted from the same ONNX graphs for every setting."""
 
     def describe(self) -> dict[str, object]:
         import nncf

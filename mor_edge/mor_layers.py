@@ -11,17 +11,82 @@ routing path. A layer applies it in one of two equivalent forms:
 - gather (`set_selection`): only the S shared and the k selected ranks are computed, their
   rows of A and columns of B gathered by index, zero slots as zero rows. This is the
   in-graph dynamic routing of exported models (TopK + Gather), at S + k ranks of cost.
+- fold (`set_selection(..., fold=True)`): the gathered ranks folded into a per-image weight
+  before one base op.
+
+The form a layer is in is one object, `layer.routing` (`Off`, `Dense`, `Gather`, `Fold`), and
+each form's forward is that object's; a merged weight (`merge`: a fixed mask, static
+export; `merge_shared`: the S shared ranks only) is the other half of the state. `mode`
+names the whole: off, dense, gather, fold or merged.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .config import MoRConfig
+
+
+@dataclass(frozen=True)
+class Off:
+    """Adapter off: the base layer alone."""
+
+    name = "off"
+
+    def forward(self, layer: MoRLayer, x: torch.Tensor) -> torch.Tensor:
+        return layer.base(x)
+
+
+@dataclass(frozen=True)
+class Dense:
+    """Every rank, scaled by per-image rank weights (N, R): what training runs."""
+
+    rank_weights: torch.Tensor
+    name = "dense"
+
+    def forward(self, layer: MoRLayer, x: torch.Tensor) -> torch.Tensor:
+        w = self.rank_weights
+        if layer.merged:  # the shared ranks are in the base weight already
+            w = torch.cat([torch.zeros_like(w[:, : layer.shared]), w[:, layer.shared :]], dim=1)
+        return layer.base(x) + layer.adapter_output(x, w)
+
+
+@dataclass(frozen=True)
+class Gather:
+    """Only the shared and the selected ranks (indices and gate weights, (N, k) each), on the
+    activations."""
+
+    indices: torch.Tensor
+    weights: torch.Tensor
+    name = "gather"
+
+    def forward(self, layer: MoRLayer, x: torch.Tensor) -> torch.Tensor:
+        a, b = layer.gathered_factors(self.indices, self.weights)
+        return layer.base(x) + layer.scaling * layer._gathered_output(x, a, b)
+
+
+@dataclass(frozen=True)
+class Fold(Gather):
+    """The gathered ranks folded into one per-image weight, then one base op (on a layer
+    whose shared ranks are merged, the gather form: the fold would count them twice)."""
+
+    name = "fold"
+
+    def forward(self, layer: MoRLayer, x: torch.Tensor) -> torch.Tensor:
+        if layer.merged:
+            return super().forward(layer, x)
+        a, b = layer.gathered_factors(self.indices, self.weights)
+        delta = torch.bmm(b, a.reshape(*a.shape[:2], -1)).reshape(a.shape[0], *layer.base.weight.shape)
+        return layer._folded_output(x, layer.base.weight + layer.scaling * delta)
+
+
+RoutingForm = Off | Dense | Gather | Fold
 
 
 class MoRLayer(nn.Module):
@@ -43,11 +108,9 @@ class MoRLayer(nn.Module):
         self.top_k = config.top_k
         self.scaling = config.scale
         self.gate = nn.Linear(gate_dim, config.slots)
-        self._rank_weights: torch.Tensor | None = None
-        self._selection: tuple[torch.Tensor, torch.Tensor] | None = None
-        self._fold_selection = False
-        self._merged: torch.Tensor | None = None
-        self._shared_merged = False
+        self.routing: RoutingForm = Off()
+        self._original: torch.Tensor | None = None  # the base weight before `merge`
+        self._merged_ranks: Literal["all", "shared"] | None = None
 
     def reset_adapter(self) -> None:
         """LoRA init (A random, B zero: the adapter starts as a no-op) and a spread-out gate
@@ -81,27 +144,29 @@ class MoRLayer(nn.Module):
         """The base op with a per-image weight (N, *base.weight.shape) and the base bias."""
         raise NotImplementedError
 
-    # -- routing state ----------------------------------------------------------------
+    # -- state -------------------------------------------------------------------------
     def set_rank_weights(self, rank_weights: torch.Tensor | None) -> None:
         """Per-image weight of every rank, shape (N, R); None switches the adapter off."""
-        self._rank_weights = rank_weights
-        self._selection = None
+        self.routing = Off() if rank_weights is None else Dense(rank_weights)
 
     def set_selection(self, indices: torch.Tensor, weights: torch.Tensor, fold: bool = False) -> None:
         """Selected slots (N, k) and their gate weights (N, k), applied in gather form: on the
         activations, or (``fold=True``) folded into a per-image weight before one base op."""
-        self._selection = (indices, weights)
-        self._fold_selection = fold
-        self._rank_weights = None
+        self.routing = Fold(indices, weights) if fold else Gather(indices, weights)
 
     @property
     def rank_weights(self) -> torch.Tensor | None:
-        return self._rank_weights
+        return self.routing.rank_weights if isinstance(self.routing, Dense) else None
+
+    @property
+    def mode(self) -> str:
+        """off, dense, gather, fold, or merged (a fixed mask in the weight: routing unused)."""
+        return "merged" if self._merged_ranks == "all" else self.routing.name
 
     # -- merge ------------------------------------------------------------------------
     @property
     def merged(self) -> bool:
-        return self._merged is not None
+        return self._merged_ranks is not None
 
     def delta_weight(self, rank_weights: torch.Tensor) -> torch.Tensor:
         """The scaled weight change for one fixed rank-weight vector of shape (R,)."""
@@ -118,7 +183,7 @@ class MoRLayer(nn.Module):
             raise RuntimeError("layer is already merged; unmerge first")
         original = self.base.weight.detach().clone()
         self.base.weight.add_(self.delta_weight(rank_weights))
-        self._merged = original
+        self._original, self._merged_ranks = original, "all"
 
     def merge_shared(self) -> None:
         """Fold only the S shared ranks into the base weight: the same for every routing, so
@@ -126,16 +191,15 @@ class MoRLayer(nn.Module):
         shared = torch.zeros(self.rank)
         shared[: self.shared] = 1
         self.merge(shared)
-        self._shared_merged = True
+        self._merged_ranks = "shared"
 
     @torch.no_grad()
     def unmerge(self) -> None:
         """Restore the exact base weight (kept aside, not recomputed, so nothing drifts)."""
-        if self._merged is None:
+        if self._original is None:
             raise RuntimeError("layer is not merged")
-        self.base.weight.copy_(self._merged)
-        self._merged = None
-        self._shared_merged = False
+        self.base.weight.copy_(self._original)
+        self._original, self._merged_ranks = None, None
 
     # -- forward ----------------------------------------------------------------------
     def adapter_output(self, x: torch.Tensor, rank_weights: torch.Tensor) -> torch.Tensor:
@@ -163,24 +227,14 @@ class MoRLayer(nn.Module):
         b_sel = torch.cat([b[:, :s].expand(n, *b[:, :s].shape), b_slots[:, indices].transpose(0, 1)], dim=2)
         w = torch.cat([torch.ones((n, s), dtype=weights.dtype, device=weights.device), weights], dim=1)
         w = w.to(b_sel.dtype)
-        if self._shared_merged:
+        if self._merged_ranks == "shared":
             return a_sel[:, s:], b_sel[:, :, s:] * w[:, None, s:]
         return a_sel, b_sel * w[:, None, :]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self._selection is not None and self._fold_selection and self._merged is None:
-            a, b = self.gathered_factors(*self._selection)
-            delta = torch.bmm(b, a.reshape(*a.shape[:2], -1)).reshape(a.shape[0], *self.base.weight.shape)
-            return self._folded_output(x, self.base.weight + self.scaling * delta)
-        y = self.base(x)
-        if self._merged is not None and not self._shared_merged:
-            return y
-        if self._selection is not None:
-            a, b = self.gathered_factors(*self._selection)
-            return y + self.scaling * self._gathered_output(x, a, b)
-        if self._rank_weights is None or self._merged is not None:
-            return y
-        return y + self.adapter_output(x, self._rank_weights)
+        if self._merged_ranks == "all":  # a fixed expert mask is in the weight
+            return self.base(x)
+        return self.routing.forward(self, x)
 
 
 class MoRLinear(MoRLayer):

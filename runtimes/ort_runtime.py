@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from mor_edge.errors import UserError
 from mor_edge.export.manifest import Artifact
 from mor_edge.stage_contract import Signature
 
@@ -16,14 +17,31 @@ from .base import Runtime
 _DTYPE_NAMES = {"tensor(float)": "float32", "tensor(float16)": "float16"}
 
 
+PROVIDERS = {
+    "cpu": "CPUExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+}
+
+
 class OrtRuntime(Runtime):
     name = "onnxruntime"
 
     def __init__(
-        self, artifact: Artifact, threads: int | None = None, providers: list[str] | None = None
+        self, artifact: Artifact, threads: int | None = None, providers: tuple[str, ...] = ("cpu",)
     ) -> None:
         super().__init__(artifact, threads)
-        self.providers = providers or ["CPUExecutionProvider"]
+        unknown = [p for p in providers if p not in PROVIDERS]
+        if unknown:
+            raise UserError(f"unknown ONNX Runtime provider {unknown[0]!r} (known: {', '.join(PROVIDERS)})")
+        missing = [p for p in providers if PROVIDERS[p] not in ort.get_available_providers()]
+        if missing:
+            raise UserError(
+                f"this onnxruntime ({ort.__version__}) has no {missing[0]} provider (it has "
+                f"{', '.join(ort.get_available_providers())}); on NVIDIA GPUs install onnxruntime-gpu"
+            )
+        self.providers = [PROVIDERS[p] for p in providers]
+        self.used: list[str] = []  # what the sessions actually run on (ORT may fall back)
 
     def _load(self, path: Path, function: str | None) -> Any:
         options = ort.SessionOptions()
@@ -33,7 +51,9 @@ class OrtRuntime(Runtime):
         # previous session would steal the cores of the next one.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        return ort.InferenceSession(str(path), options, providers=self.providers)
+        session = ort.InferenceSession(str(path), options, providers=self.providers)
+        self.used = sorted(set(self.used) | set(session.get_providers()))
+        return session
 
     def _run(self, session: Any, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
         return list(session.run(None, inputs))
@@ -45,4 +65,9 @@ class OrtRuntime(Runtime):
         return read(session.get_inputs()), read(session.get_outputs())
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "version": ort.__version__, "providers": self.providers}
+        return {
+            **super().describe(),
+            "version": ort.__version__,
+            "providers": self.providers,
+            "providers_used": self.used,
+        }

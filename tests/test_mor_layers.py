@@ -154,3 +154,29 @@ def test_folded_gather_form_equals_dense_form(kind: str) -> None:
     dense = layer(x)
     layer.set_selection(routing.indices, routing.weights, fold=True)
     torch.testing.assert_close(layer(x), dense, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["linear", "conv"])
+def test_every_form_on_shared_merged_weights_equals_dense(kind: str) -> None:
+    """The state is one routing form plus a merge: with the shared ranks in the base weight
+    (static Core ML slices), dense, gather and fold each add only the routed ranks."""
+    layer, x = make_layer(kind)
+    routing = route_layer(layer, torch.rand(x.shape[0], K))
+    layer.set_rank_weights(rank_weights(routing, CFG.shared))
+    assert layer.mode == "dense"
+    with torch.no_grad():
+        want = layer(x)
+        layer.merge_shared()
+        outputs = {"dense": layer(x)}
+        for fold in (False, True):
+            layer.set_selection(routing.indices, routing.weights, fold=fold)
+            outputs[layer.mode] = layer(x)
+        layer.unmerge()
+    assert set(outputs) == {"dense", "gather", "fold"}
+    for form, got in outputs.items():
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-5, msg=form)
+    layer.merge(torch.ones(CFG.rank))
+    assert layer.mode == "merged"
+    layer.unmerge()
+    layer.set_rank_weights(None)
+    assert layer.mode == "off" and layer.rank_weights is None

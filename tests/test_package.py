@@ -59,6 +59,7 @@ RUNTIME_PATH = [
     "mor_edge.runtimes.ort_runtime",
     "mor_edge.runtimes.openvino_runtime",
     "mor_edge.runtimes.coreml_runtime",
+    "mor_edge.runtimes.tensorrt_runtime",
     "mor_edge.runtimes.latency",
 ]
 

@@ -4,6 +4,7 @@ commands, what they print in `formatting`. Importing this registers every comman
 from . import (  # noqa: F401 (each module registers its commands on `main`)
     calibrate_command,
     check_commands,
+    engine_command,
     export_command,
     info_command,
     train_commands,

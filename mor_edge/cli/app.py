@@ -163,22 +163,55 @@ def reference_for(artifact_dir: str, model_dir: str | None) -> Any:
     return model
 
 
-def parity_report(
-    artifact_dir: str, model: Any, samples: int, seed: int, threads: int | None
-) -> dict[str, Any]:
+runtime_option = click.option(
+    "--runtime",
+    type=click.Choice(["auto", "onnxruntime", "openvino", "coreml", "tensorrt"]),
+    default="auto",
+    show_default=True,
+    help="What runs the artifact: auto is its target's own runtime; a tensorrt artifact's ONNX "
+    "also runs on onnxruntime (how it is checked without a GPU).",
+)
+providers_option = click.option(
+    "--providers",
+    default="cpu",
+    show_default=True,
+    help="ONNX Runtime execution providers in priority order, comma-separated: cpu, cuda, "
+    "tensorrt (the GPU ones need onnxruntime-gpu); what the sessions used is reported.",
+)
+
+
+def runtime_options(fn: F) -> F:
+    """--threads, --runtime and --providers: how a command opens an artifact."""
+    return threads_option(runtime_option(providers_option(fn)))
+
+
+def open_runtime(artifact_dir: str, threads: int | None, runtime: str, providers: str) -> Any:
+    """The artifact on the chosen runtime (`providers` only for ONNX Runtime)."""
+    from mor_edge.export.manifest import Artifact
+    from mor_edge.runtimes.registry import TARGET_RUNTIMES, load_runtime
+
+    name = None if runtime == "auto" else runtime
+    chosen = name or TARGET_RUNTIMES.get(Artifact(artifact_dir).target, ("?",))[0]
+    wanted = tuple(p.strip() for p in providers.split(",") if p.strip())
+    if chosen != "onnxruntime":
+        if wanted != ("cpu",):
+            raise UserError(f"--providers is for ONNX Runtime; this artifact runs on {chosen}")
+        return load_runtime(artifact_dir, threads, name)
+    return load_runtime(artifact_dir, threads, name, providers=wanted)
+
+
+def parity_report(runtime: Any, model: Any, samples: int, seed: int) -> dict[str, Any]:
     from mor_edge.runtimes.parity import run_parity
-    from mor_edge.runtimes.registry import load_runtime
 
-    return run_parity(load_runtime(artifact_dir, threads), model, samples=samples, seed=seed)
+    report = run_parity(runtime, model, samples=samples, seed=seed)
+    report["runtime"] = runtime.describe()
+    return report
 
 
-def bench_report(
-    artifact_dir: str, warmup: int, runs: int, threads: int | None, progress: bool
-) -> dict[str, Any]:
+def bench_report(runtime: Any, warmup: int, runs: int, progress: bool) -> dict[str, Any]:
     from mor_edge.runtimes.latency import run_bench
-    from mor_edge.runtimes.registry import load_runtime
 
-    return run_bench(load_runtime(artifact_dir, threads), warmup=warmup, runs=runs, progress=progress)
+    return run_bench(runtime, warmup=warmup, runs=runs, progress=progress)
 
 
 def check_writable_folder(folder: Path) -> None:

@@ -14,6 +14,7 @@ from .app import (
     load_model_dir,
     main,
     model_option,
+    open_runtime,
     parity_report,
     samples_option,
     threads_option,
@@ -25,10 +26,12 @@ from .formatting import print_bench, print_parity, print_quantization, print_val
 @main.command("export")
 @click.option(
     "--target",
-    type=click.Choice(["onnx", "openvino", "coreml"]),
+    type=click.Choice(["onnx", "openvino", "coreml", "tensorrt"]),
     default="onnx",
     show_default=True,
-    help="coreml converts and validates on any OS; parity and bench need macOS.",
+    help="coreml converts and validates on any OS; parity and bench need macOS. tensorrt "
+    "writes ONNX prepared for TensorRT (strongly typed: FP16 casts, ModelOpt Q/DQ) and its build "
+    "recipe; engines are built on the device with `mor-edge build-engines`.",
 )
 @click.option(
     "--routing",
@@ -42,9 +45,9 @@ from .formatting import print_bench, print_parity, print_quantization, print_val
     "--precision",
     type=click.Choice(["fp32", "fp16", "int8", "w8", "palette6", "w8a8"]),
     default=None,
-    help="Default: fp16 for coreml, fp32 otherwise. int8 (onnx, openvino): weights and "
-    "activations, calibrated, the router stays in float; w8: 8-bit weights only (openvino, "
-    "coreml); palette6: 6-bit palettized weights (coreml); w8a8: coreml activation "
+    help="Default: fp16 for coreml and tensorrt, fp32 otherwise. int8 (onnx, openvino, "
+    "tensorrt): weights and activations, calibrated, the router stays in float; w8: 8-bit "
+    "weights only (openvino, coreml); palette6: 6-bit palettized weights (coreml); w8a8: coreml activation "
     "quantization (macOS only).",
 )
 @click.option(
@@ -81,7 +84,7 @@ from .formatting import print_bench, print_parity, print_quantization, print_val
     type=click.Choice(["minmax", "percentile", "entropy"]),
     default="minmax",
     show_default=True,
-    help="INT8 with the onnx target: how activation ranges are computed. percentile is more "
+    help="INT8 with the onnx or tensorrt target: how activation ranges are computed. percentile is more "
     "accurate (measured) but slower to export (2.4x for one bucket of tiny; more with many graphs).",
 )
 @click.option(
@@ -116,15 +119,19 @@ def export_command(
     """Export the model (default: built-in) to TARGET, then check parity against the PyTorch
     reference (exit 1 if a gate fails) and print the latency table."""
     from mor_edge.calib.calibration_set import CalibrationSet
-    from mor_edge.export.exporter import export
+    from mor_edge.export.exporter import export, make_target
     from mor_edge.export.routing_plan import default_buckets
 
     model = load_model_dir(model_dir)
-    precision = precision or ("fp16" if target == "coreml" else "fp32")  # export()'s defaults
+    precision = precision or make_target(target).capabilities.default_precision
     options: dict[str, Any] = {} if target == "coreml" else {"exporter": exporter}  # coreml traces itself
-    if calibration_method != "minmax":
+    if target == "tensorrt":  # ModelOpt's names for the two it has
+        if calibration_method == "percentile":
+            raise UserError("ModelOpt (the tensorrt target) calibrates with minmax or entropy")
+        options["calibration_method"] = {"minmax": "max", "entropy": "entropy"}[calibration_method]
+    elif calibration_method != "minmax":
         if target != "onnx":
-            raise UserError("--calibration-method applies to the onnx target (NNCF picks its own ranges)")
+            raise UserError("--calibration-method applies to the onnx and tensorrt targets")
         options["calibration_method"] = calibration_method
     if out is None:  # the default place is made on demand; a given --out's folder must exist
         out = f"artifacts/{model.config.name}-{target}-{routing}-{precision}"
@@ -152,12 +159,21 @@ def export_command(
             f"(this is {platform.system()}); the package was validated without running it (above)"
         )
         return
+    runtime = "auto"
+    if target == "tensorrt":
+        runtime = "onnxruntime"  # the graphs TensorRT builds, checked here without a GPU
+        click.echo(
+            "\nTensorRT engines are built on the device (`mor-edge build-engines`); parity and "
+            "latency below run these ONNX graphs on ONNX Runtime"
+        )
     failed = False
+    if not skip_parity or not skip_bench:
+        engine = open_runtime(str(path), threads, runtime, "cpu")
     if not skip_parity:
-        report = parity_report(str(path), model, samples, 0, threads)
+        report = parity_report(engine, model, samples, 0)
         print_parity(report)
         failed = not report["passed"]
     if not skip_bench:
-        print_bench(bench_report(str(path), 3, 10, threads, progress=True))
+        print_bench(bench_report(engine, 3, 10, progress=True))
     if failed:
         raise click.ClickException("parity gates failed (see above); the artifact is kept for inspection")

@@ -9,7 +9,15 @@ from typing import Any
 import click
 
 from ..errors import UserError
-from .app import MAX_REFERENCE_TILE, load_model_dir, main, model_option, threads_option, user_errors
+from .app import (
+    MAX_REFERENCE_TILE,
+    load_model_dir,
+    main,
+    model_option,
+    open_runtime,
+    runtime_options,
+    user_errors,
+)
 
 
 @main.command()
@@ -66,7 +74,7 @@ from .app import MAX_REFERENCE_TILE, load_model_dir, main, model_option, threads
     help="Refuse an image whose estimated time, judged from its first few tiles, is longer "
     "(0: no limit). Tiles with the same pixels run once, so flat areas cost almost nothing.",
 )
-@threads_option
+@runtime_options
 @user_errors
 def upscale(
     input_path: str,
@@ -80,6 +88,8 @@ def upscale(
     out_suffix: str,
     max_minutes: float,
     threads: int | None,
+    runtime: str,
+    providers: str,
 ) -> None:
     """Super-resolve IN (PNG, JPEG, WebP, TIFF, BMP; any size) to OUT, whose extension sets
     the format. With a folder IN, every file in it goes to the folder OUT; failures are
@@ -89,13 +99,11 @@ def upscale(
     engine: Any
     note = ""
     if artifact is not None:
-        from mor_edge.runtimes.registry import load_runtime
-
         if norm == "whole":
             raise UserError("--norm whole needs the PyTorch reference: artifacts have fixed graphs")
         if model_dir is not None:
             raise UserError("--model and --artifact exclude each other: an artifact holds its model")
-        engine = load_runtime(artifact, threads)
+        engine = open_runtime(artifact, threads, runtime, providers)
         if tile is not None and tile != engine.tile_size:
             raise UserError(
                 f"this artifact takes {engine.tile_size}x{engine.tile_size} tiles; --tile {tile} cannot run"
