@@ -39,7 +39,7 @@ from mor_edge.stage_contract import StageSpec
 
 from .capabilities import Capabilities, ExportSettings
 from .int8 import Sample
-from .onnx_export import OnnxTarget, signature
+from .onnx_export import EXTERNAL_DATA_BYTES, OnnxTarget, signature
 
 TRT_MIN_VERSION = "10.3"  # JetPack 6: the oldest TensorRT the recipe is written for
 OPT_LEVEL = 3  # TensorRT's default builder optimization level
@@ -54,6 +54,35 @@ def trtexec_command(file: str, workspace_mb: int = WORKSPACE_MB, opt_level: int 
         f"--memPoolSize=workspace:{workspace_mb}M --builderOptimizationLevel={opt_level} "
         "--timingCacheFile=timing.cache"
     )
+
+
+def _has_external_data(path: Path) -> bool:
+    graph = onnx.load(str(path), load_external_data=False).graph
+    return any(i.data_location == onnx.TensorProto.EXTERNAL for i in graph.initializer)
+
+
+def _save(model: onnx.ModelProto, path: Path) -> None:
+    """One file, or weights beside it where protobuf's 2 GiB limit needs (sd21's UNet)."""
+    external = sum(len(t.raw_data) for t in model.graph.initializer) > EXTERNAL_DATA_BYTES
+    onnx.save_model(
+        model,
+        str(path),
+        save_as_external_data=external,
+        all_tensors_to_one_file=True,
+        location=f"{path.name}.data",
+    )
+
+
+def autocast_fp16(source: Path, path: Path) -> None:
+    """FP16 with FP32 inputs and outputs by ModelOpt AutoCast (it keeps in FP32 the nodes whose
+    values, measured on random inputs, leave FP16's safe range)."""
+    from modelopt.onnx.autocast import convert_to_mixed_precision
+
+    with _quiet():
+        model = convert_to_mixed_precision(
+            str(source), low_precision_type="fp16", keep_io_types=True, providers=["cpu"]
+        )
+    _save(model, path)
 
 
 def _exclude_patterns(nodes: set[str]) -> list[str]:
@@ -116,16 +145,10 @@ class TensorRTTarget:
             files = self.onnx.export_stage(module, spec, path, "fp32")
             self._recipe(path, precision)
             return files
-        from modelopt.onnx.autocast import convert_to_mixed_precision
-
         source = path.parent / f".{path.stem}.float.onnx"
         try:
             self.onnx.export_stage(module, spec, source, "fp32")
-            with _quiet():
-                model = convert_to_mixed_precision(
-                    str(source), low_precision_type="fp16", keep_io_types=True, providers=["cpu"]
-                )
-            onnx.save(model, str(path))
+            autocast_fp16(source, path)
         finally:
             source.unlink(missing_ok=True)
             shutil.rmtree(source.with_suffix(".onnx.data"), ignore_errors=True)
@@ -148,6 +171,7 @@ class TensorRTTarget:
                 nodes_to_exclude=_exclude_patterns(float_nodes),
                 op_types_to_quantize=["Conv", "MatMul", "Gemm"],
                 high_precision_dtype="fp32",
+                use_external_data_format=_has_external_data(source),
                 output_path=str(path),
             )
         self._recipe(path, "int8")
