@@ -148,4 +148,5 @@ def test_builtin_model_golden_output(tmp_path: Path) -> None:
     assert model_fingerprint(load_model(None)) == BUILTIN_HASH
     code, text = run("upscale", str(INPUT), str(tmp_path / "sr.png"))
     assert code == 0, text
+    assert "engine: PyTorch reference (tiny: " in text
     assert_golden(tmp_path / "sr.png", "builtin_sr.png")

@@ -212,6 +212,7 @@ def test_cli_export_parity_bench_upscale(
         main, ["upscale", str(tmp_path / "in.png"), str(tmp_path / "sr.png"), "--artifact", str(out)]
     )
     assert result.exit_code == 0, result.output
+    assert "engine: onnxruntime 1.32" in result.output and "(CPUExecutionProvider, " in result.output
     with torch.no_grad():
         want = tiny_model(torch.from_numpy(load_image(tmp_path / "in.png").array()))
     got = torch.from_numpy(load_image(tmp_path / "sr.png").array())

@@ -97,7 +97,6 @@ def upscale(
     from ..upscale import TileOptions, batch_outputs, upscale_file
 
     engine: Any
-    note = ""
     if artifact is not None:
         if norm == "whole":
             raise UserError("--norm whole needs the PyTorch reference: artifacts have fixed graphs")
@@ -118,7 +117,6 @@ def upscale(
         from ..reference_engine import ReferenceEngine
 
         model = load_model_dir(model_dir)
-        note = model.config.label
         engine = ReferenceEngine(model, whole_image_norm=norm == "whole")
         tile = tile or 128
     overlap = tile // 4 if overlap is None else overlap
@@ -134,8 +132,7 @@ def upscale(
     if not src.is_dir():
         size_in, size_out = upscale_file(src, output_path, engine, options)
         click.echo(f"{input_path} ({size_in}) -> {output_path} ({size_out})")
-        if note:
-            click.echo(f"note: {note}", err=True)
+        click.echo(engine_line(engine, artifact), err=True)
         return
     failures = 0
     for file_in, file_out in batch_outputs(src, Path(output_path), out_suffix):
@@ -145,5 +142,18 @@ def upscale(
         except UserError as exc:
             failures += 1
             click.echo(f"failed: {exc}", err=True)
+    click.echo(engine_line(engine, artifact), err=True)
     if failures:
         raise UserError(f"{failures} of the files in {src} failed (see above)")
+
+
+def engine_line(engine: Any, artifact: str | None) -> str:
+    """Which engine ran (after the run: what ONNX Runtime's sessions actually used)."""
+    if artifact is None:
+        c = engine.model.config
+        return f"engine: PyTorch reference ({c.name}: {c.label})"
+    ran = engine.describe()
+    where = ", ".join(ran.get("providers_used", [])) or ran.get("device", "")
+    return (
+        f"engine: {ran['runtime']} {ran.get('version', '')} ({where}, {ran['threads']} threads), {artifact}"
+    )
