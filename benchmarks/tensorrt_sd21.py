@@ -71,6 +71,7 @@ def run(samples_count: int) -> dict[str, Any]:
         del model, module
         reference = OnnxTarget().runner(source)
         want = [reference(x) for x in samples]
+        del reference  # its session holds the FP32 weights
         target = TensorRTTarget()
         for precision in ("int8", "fp16"):
             path = root / f"unet.{precision}.onnx"

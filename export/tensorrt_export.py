@@ -161,6 +161,7 @@ class TensorRTTarget:
         from modelopt.onnx.quantization import quantize
 
         stacked = {name: np.concatenate([s[name] for s in samples]) for name in samples[0]}
+        large = _has_external_data(source)
         with _quiet():
             quantize(
                 str(source),
@@ -171,7 +172,8 @@ class TensorRTTarget:
                 nodes_to_exclude=_exclude_patterns(float_nodes),
                 op_types_to_quantize=["Conv", "MatMul", "Gemm"],
                 high_precision_dtype="fp32",
-                use_external_data_format=_has_external_data(source),
+                use_external_data_format=large,
+                calibrate_per_node=large,  # node by node: a model beyond 2 GiB (sd21) fits in memory
                 output_path=str(path),
             )
         self._recipe(path, "int8")

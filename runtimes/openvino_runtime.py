@@ -68,10 +68,16 @@ def model_signature(model: Any) -> tuple[Signature, Signature]:
     """A read or compiled model's (inputs, outputs) as (name, shape, dtype), for the stage
     contract's check (the runtime reads its compiled models the same way)."""
 
+    def name(port: Any) -> str:
+        """A port can carry several tensor names (the graph's `s` and an inner `/Cast_output_0`):
+        the graph's own name is the one without the exporter's `/` path."""
+        plain = sorted(n for n in port.get_names() if not n.startswith("/"))
+        return plain[0] if plain else str(port.get_any_name())
+
     def read(ports: Any) -> Signature:
         return [
             (
-                p.get_any_name(),
+                name(p),
                 tuple(int(d) for d in p.get_partial_shape().to_shape()),
                 _DTYPE_NAMES.get(p.get_element_type().get_type_name(), "other"),
             )

@@ -235,3 +235,26 @@ def test_cli_int8_export_with_sensitivity(tmp_path: Path) -> None:
     rows = manifest["stages"]["decoder"]["quantization"]["sensitivity"]
     assert rows == sorted(rows, key=lambda r: r["psnr_db"]) and len(rows) >= 5
     assert "PASSED" in result.output
+
+
+def test_an_input_port_with_two_names_is_read_by_the_graphs_own(tmp_path: Path) -> None:
+    """OpenVINO folds a float->float Cast after the input `s` into the port, which then also
+    carries the Cast's output name (a dynamic export was refused for it): the stage contract
+    reads the graph's name."""
+    import openvino as ov
+
+    from mor_edge.runtimes.openvino_runtime import model_signature
+
+    graph = helper.make_graph(
+        [
+            helper.make_node("Cast", ["s"], ["/Cast_10_output_0"], to=TensorProto.FLOAT, name="/Cast_10"),
+            helper.make_node("Relu", ["/Cast_10_output_0"], ["y"], name="/Relu"),
+        ],
+        "g",
+        [helper.make_tensor_value_info("s", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(tmp_path / "g.onnx"))
+    model = ov.convert_model(str(tmp_path / "g.onnx"))
+    assert model.inputs[0].get_names() == {"s", "/Cast_10_output_0"}
+    assert model_signature(model) == ([("s", (1, 4), "float32")], [("y", (1, 4), "float32")])

@@ -36,7 +36,7 @@ ONE_BUCKET = Buckets.grid(1, 4)  # one graph per stage: the 16-bucket path is th
 
 @pytest.fixture(scope="module")
 def calibration(tiny_model: MoRSR) -> CalibrationSet:
-    return build_calibration_set(tiny_model, samples=12, bucket_levels=1, progress=False)
+    return build_calibration_set(tiny_model, samples=8, bucket_levels=1, progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +67,7 @@ def ops(path: Path) -> collections.Counter[str]:
 def test_int8_passes_the_int8_gates_on_onnx_runtime(
     tiny_model: MoRSR, int8: dict[str, Path], routing: str
 ) -> None:
-    report = run_parity(load_runtime(int8[routing], threads=1, runtime="onnxruntime"), tiny_model, samples=3)
+    report = run_parity(load_runtime(int8[routing], threads=1, runtime="onnxruntime"), tiny_model, samples=2)
     assert report["passed"], report["failures"]
     assert report["routing_agreement"] == 1.0
     assert min(report[s]["psnr_db"] for s in ("encoder", "unet", "decoder")) >= 25.0
