@@ -26,7 +26,6 @@ import contextlib
 import io
 import logging
 import re
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -126,11 +125,12 @@ class TensorRTTarget:
     def configure(self, settings: ExportSettings) -> None:
         """Nothing to set: every setting is carried by the graphs themselves."""
 
-    def _recipe(self, path: Path, precision: str) -> None:
+    def _recipe(self, path: Path, precision: str, how: str | None = None) -> None:
         self.reports[path.name] = {
             "tensorrt_build": {
                 "network": "strongly typed",
-                "precision_from": {"fp32": "graph", "fp16": "FP16 casts", "int8": "Q/DQ nodes"}[precision],
+                "precision_from": how
+                or {"fp32": "graph", "fp16": "FP16 casts", "int8": "Q/DQ nodes"}[precision],
                 "workspace_mb": WORKSPACE_MB,
                 "builder_optimization_level": OPT_LEVEL,
                 "trtexec": trtexec_command(path.name),
@@ -148,10 +148,17 @@ class TensorRTTarget:
         source = path.parent / f".{path.stem}.float.onnx"
         try:
             self.onnx.export_stage(module, spec, source, "fp32")
+            if _has_external_data(source):
+                # AutoCast runs the graph keeping every intermediate tensor: beyond 2 GiB of
+                # weights (sd21's UNet) that exceeded 24 GB; the explicit-cast graph is the
+                # module in half precision with casts at its inputs and outputs
+                self.onnx.export_stage(module, spec, path, "fp16")
+                self._recipe(path, precision, "FP16 weights, casts at inputs and outputs")
+                return self.finish(path, spec)
             autocast_fp16(source, path)
         finally:
             source.unlink(missing_ok=True)
-            shutil.rmtree(source.with_suffix(".onnx.data"), ignore_errors=True)
+            source.with_name(source.name + ".data").unlink(missing_ok=True)
         self._recipe(path, precision)
         return self.finish(path, spec)
 
