@@ -40,3 +40,23 @@ def clip_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def lr_batch() -> torch.Tensor:
     g = torch.Generator().manual_seed(0)
     return torch.rand(2, 3, 64, 64, generator=g)
+
+
+# Test files by how long they take alone here, longest first: with two workers taking whole
+# files, starting the long ones first keeps one worker from finishing alone at the end.
+LONGEST_FIRST = (
+    "test_int8_openvino.py",
+    "test_tensorrt.py",
+    "test_training.py",
+    "test_export_onnx.py",
+    "test_coreml.py",
+    "test_upscale.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        name = item.path.name
+        return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: each file keeps its own order
