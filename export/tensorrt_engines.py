@@ -11,7 +11,6 @@ run here: no machine of this project has TensorRT.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -104,5 +103,4 @@ def build_engines(
         (tmp / BUILD_RECORD).write_text(json.dumps(record, indent=2) + "\n")
         if cache_path:
             cache_path.write_bytes(bytes(config.get_timing_cache().serialize()))
-    shutil.rmtree(Path(folder) / ENGINES / ".scratch", ignore_errors=True)
     return out
