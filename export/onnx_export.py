@@ -104,23 +104,14 @@ class OnnxTarget:
                 )
             proto = onnx.load(str(scratch / "model.onnx"))
             _declare_output_shapes(proto, spec)
-            weight_bytes = sum(len(t.raw_data) for t in proto.graph.initializer)
-            external = weight_bytes > EXTERNAL_DATA_BYTES
-            data_name = path.name + ".data"
-            onnx.save_model(
-                proto,
-                str(path),
-                save_as_external_data=external,
-                all_tensors_to_one_file=True,
-                location=data_name,
-            )
+            files = save_graph(proto, path)
             del proto
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
         onnx.checker.check_model(str(path))
         onnx.shape_inference.infer_shapes_path(str(path), strict_mode=True)
         spec.check_io(signature(path), path.name)
-        return [path, path.parent / data_name] if external else [path]
+        return files
 
     def quantize_stage(self, source: Path, path: Path, samples: list[Sample], float_nodes: set[str]) -> None:
         """Static QDQ INT8 of a float graph; activation ranges are computed once per source
@@ -169,6 +160,17 @@ class OnnxTarget:
         onnx.checker.check_model(str(path))
         spec.check_io(signature(path), path.name)
         return [path]
+
+
+def save_graph(proto: onnx.ModelProto, path: Path) -> list[Path]:
+    """One file, or the weights beside it (`NAME.data`) where protobuf's 2 GiB limit needs;
+    returns the files written."""
+    external = sum(len(t.raw_data) for t in proto.graph.initializer) > EXTERNAL_DATA_BYTES
+    data = path.parent / f"{path.name}.data"
+    onnx.save_model(
+        proto, str(path), save_as_external_data=external, all_tensors_to_one_file=True, location=data.name
+    )
+    return [path, data] if external else [path]
 
 
 def _declare_output_shapes(proto: onnx.ModelProto, spec: StageSpec) -> None:

@@ -38,7 +38,7 @@ from mor_edge.stage_contract import StageSpec
 
 from .capabilities import Capabilities, ExportSettings
 from .int8 import Sample
-from .onnx_export import EXTERNAL_DATA_BYTES, OnnxTarget, signature
+from .onnx_export import OnnxTarget, save_graph, signature
 
 TRT_MIN_VERSION = "10.3"  # JetPack 6: the oldest TensorRT the recipe is written for
 OPT_LEVEL = 3  # TensorRT's default builder optimization level
@@ -60,18 +60,6 @@ def _has_external_data(path: Path) -> bool:
     return any(i.data_location == onnx.TensorProto.EXTERNAL for i in graph.initializer)
 
 
-def _save(model: onnx.ModelProto, path: Path) -> None:
-    """One file, or weights beside it where protobuf's 2 GiB limit needs (sd21's UNet)."""
-    external = sum(len(t.raw_data) for t in model.graph.initializer) > EXTERNAL_DATA_BYTES
-    onnx.save_model(
-        model,
-        str(path),
-        save_as_external_data=external,
-        all_tensors_to_one_file=True,
-        location=f"{path.name}.data",
-    )
-
-
 def autocast_fp16(source: Path, path: Path) -> None:
     """FP16 with FP32 inputs and outputs by ModelOpt AutoCast (it keeps in FP32 the nodes whose
     values, measured on random inputs, leave FP16's safe range)."""
@@ -81,7 +69,7 @@ def autocast_fp16(source: Path, path: Path) -> None:
         model = convert_to_mixed_precision(
             str(source), low_precision_type="fp16", keep_io_types=True, providers=["cpu"]
         )
-    _save(model, path)
+    save_graph(model, path)
 
 
 def _exclude_patterns(nodes: set[str]) -> list[str]:
