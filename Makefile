@@ -35,8 +35,8 @@ demo: install
 	@echo "compare $(OUT)/demo_sr.png with $(OUT)/demo_bicubic.png"
 
 lint: install
-	$(BIN)/ruff check .
-	$(BIN)/ruff format --check .
+	$(BIN)/ruff check --no-cache .
+	$(BIN)/ruff format --check --no-cache .
 	$(BIN)/mypy
 
 SUITE_ARTIFACT := build/suite-artifact

@@ -11,10 +11,10 @@ from typing import Any
 
 import numpy as np
 import onnx
-from mor_edge.export.manifest import write_manifest
 from onnx import TensorProto, helper, numpy_helper
 
 from mor_edge.atomic import mark
+from mor_edge.export.manifest import write_manifest
 
 LR = 16
 SCALE = 4
