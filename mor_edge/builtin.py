@@ -10,9 +10,8 @@ from pathlib import Path
 
 import torch
 
-from .config import MoRSRConfig, tiny_config
+from .config import CONFIG_NAME, MoRSRConfig, tiny_config
 from .model import MoRSR
-from .model_folder import CONFIG_NAME
 
 BUILTIN_DIR = Path(__file__).parent / "builtin_model"
 RANDOM_LABEL = "random-init tiny (untrained, seed 0): outputs are not super-resolution"

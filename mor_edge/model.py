@@ -22,17 +22,10 @@ from safetensors.torch import save_file
 from torch import nn
 
 from .colour import ColourStep
-from .config import MoRSRConfig
+from .config import CONFIG_NAME, WEIGHTS_NAME, MoRSRConfig
 from .degradation import DegradationEstimator
 from .injection import InjectionSummary, inject_mor
-from .model_folder import (
-    CONFIG_NAME,
-    WEIGHTS_NAME,
-    ModelFolderError,
-    check_weights,
-    read_config,
-    read_weights,
-)
+from .model_folder import ModelFolderError, check_weights, read_config, read_weights
 from .mor_layers import MoRLayer
 from .resize import bicubic
 from .routing import Buckets, Routing, apply_routing, clear_routing, mor_layers

@@ -12,12 +12,10 @@ from typing import Any
 
 import torch
 
-from .config import MoRSRConfig
+from .config import CONFIG_NAME, WEIGHTS_NAME, MoRSRConfig
 from .config_schema import check_config
 from .errors import UserError
 
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
 MAX_CONFIG_BYTES = 1 << 20
 MAX_HEADER_BYTES = 100 << 20
 PICKLE_MAGICS = (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05", b"PK\x03\x04")  # pickle 2-5, torch zip

@@ -20,6 +20,16 @@ if WORKER and hasattr(os, "sched_setaffinity"):
     os.sched_setaffinity(0, {cores[int(WORKER.removeprefix("gw")) % len(cores)]})
     torch.set_num_threads(1)
 
+# `upscale`'s default engine is the model's cached export (`mor_edge.engine_cache`). Tests
+# that do not test that cache run the reference, so their outputs do not depend on which worker
+# built the cache first; no test touches the user's own cache folder.
+os.environ["MOR_EDGE_ENGINE"] = "reference"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def own_cache_folder(tmp_path_factory: pytest.TempPathFactory) -> None:
+    os.environ["MOR_EDGE_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+
 
 @pytest.fixture(scope="session")
 def tiny_model() -> MoRSR:

@@ -28,20 +28,27 @@ from .app import (
     "--artifact",
     type=click.Path(file_okay=False),
     default=None,
-    help="Run an exported artifact folder instead of the PyTorch reference.",
+    help="Run an exported artifact folder. Default: the model's own ONNX export, made once "
+    "(parity-checked) and kept in the cache folder (README: the default engine).",
+)
+@click.option(
+    "--reference",
+    is_flag=True,
+    help="Run the PyTorch reference model instead of its cached export (about 2x slower; "
+    "exact routing instead of the export's degradation buckets).",
 )
 @click.option(
     "--tile",
     type=click.IntRange(8, MAX_REFERENCE_TILE),
     default=None,
     help=f"LR tile side, 8-{MAX_REFERENCE_TILE} (memory and attention grow with it). Default: the "
-    "artifact's input size, or 128 for the reference.",
+    "artifact's input size, or the model's training size (64 for the built-in model).",
 )
 @click.option(
     "--overlap",
     type=click.IntRange(0, MAX_REFERENCE_TILE - 1),
     default=None,
-    help="LR overlap between tiles. Default: tile/4.",
+    help="LR overlap between tiles. Default: tile/8 (seams measured: README).",
 )
 @click.option(
     "--norm",
@@ -81,6 +88,7 @@ def upscale(
     output_path: str,
     model_dir: str | None,
     artifact: str | None,
+    reference: bool,
     tile: int | None,
     overlap: int | None,
     norm: str,
@@ -94,32 +102,24 @@ def upscale(
     """Super-resolve IN (PNG, JPEG, WebP, TIFF, BMP; any size) to OUT, whose extension sets
     the format. With a folder IN, every file in it goes to the folder OUT; failures are
     reported per file and the rest go on. Tiled: memory is bounded by the tile, not the image."""
+    from ..image_io import check_output_path
     from ..upscale import TileOptions, batch_outputs, upscale_file
 
-    engine: Any
-    if artifact is not None:
-        if norm == "whole":
-            raise UserError("--norm whole needs the PyTorch reference: artifacts have fixed graphs")
-        if model_dir is not None:
-            raise UserError("--model and --artifact exclude each other: an artifact holds its model")
-        engine = open_runtime(artifact, threads, runtime, providers)
-        if tile is not None and tile != engine.tile_size:
-            raise UserError(
-                f"this artifact takes {engine.tile_size}x{engine.tile_size} tiles; --tile {tile} cannot run"
-            )
-        tile = engine.tile_size
+    if artifact is not None and (reference or model_dir is not None):
+        raise UserError(f"--artifact and {'--reference' if reference else '--model'} exclude each other")
+    if artifact is not None and norm == "whole":
+        raise UserError("--norm whole needs the PyTorch reference: artifacts have fixed graphs")
+    src = Path(input_path)
+    if src.is_dir():  # every output name checked before any work (or any export) is done
+        jobs = batch_outputs(src, Path(output_path), out_suffix)
     else:
-        if importlib.util.find_spec("torch") is None:
-            raise UserError(
-                "upscale without --artifact runs the PyTorch reference, which is not installed: "
-                "pass --artifact, or pip install 'mor-edge[reference]'"
-            )
-        from ..reference_engine import ReferenceEngine
-
-        model = load_model_dir(model_dir)
-        engine = ReferenceEngine(model, whole_image_norm=norm == "whole")
-        tile = tile or 128
-    overlap = tile // 4 if overlap is None else overlap
+        if not src.exists():
+            raise UserError(f"{src}: no such file")
+        jobs = [(src, check_output_path(output_path))]
+    engine, tile, source = choose_engine(
+        artifact, model_dir, reference, norm, tile, threads, runtime, providers
+    )
+    overlap = tile // 8 if overlap is None else overlap
     if overlap >= tile:
         raise UserError(f"--overlap {overlap} must be smaller than the tile ({tile})")
     options = TileOptions(
@@ -128,32 +128,89 @@ def upscale(
         per_tile_routing=per_tile_routing,
         max_seconds=max_minutes * 60 or None,
     )
-    src = Path(input_path)
-    if not src.is_dir():
-        size_in, size_out = upscale_file(src, output_path, engine, options)
-        click.echo(f"{input_path} ({size_in}) -> {output_path} ({size_out})")
-        click.echo(engine_line(engine, artifact), err=True)
-        return
     failures = 0
-    for file_in, file_out in batch_outputs(src, Path(output_path), out_suffix):
+    for file_in, file_out in jobs:
         try:
             size_in, size_out = upscale_file(file_in, file_out, engine, options)
             click.echo(f"{file_in} ({size_in}) -> {file_out} ({size_out})")
         except UserError as exc:
+            if not src.is_dir():
+                raise
             failures += 1
             click.echo(f"failed: {exc}", err=True)
-    click.echo(engine_line(engine, artifact), err=True)
+    click.echo(engine_line(engine, source), err=True)
     if failures:
         raise UserError(f"{failures} of the files in {src} failed (see above)")
 
 
-def engine_line(engine: Any, artifact: str | None) -> str:
+def choose_engine(
+    artifact: str | None,
+    model_dir: str | None,
+    reference: bool,
+    norm: str,
+    tile: int | None,
+    threads: int | None,
+    runtime: str,
+    providers: str,
+) -> tuple[Any, int, str]:
+    """(engine, tile, what it is): the artifact given; else the model's cached export
+    (`mor_edge.engine_cache`: found without importing PyTorch, made on first use) unless the
+    reference is asked for, or needed (`--norm whole`, a tile other than the export's), or the
+    export cannot be made or run here."""
+    if artifact is not None:
+        return open_engine(artifact, tile, threads, runtime, providers)
+    from ..engine_cache import build, lookup, reference_is_default
+
+    model = None
+    why = "asked for" if reference or reference_is_default() else "--norm whole" if norm == "whole" else ""
+    if not why:
+        found = lookup(model_dir)
+        if found is None:
+            model = load_reference_model(model_dir)
+            if tile in (None, model.config.lr_size):
+                made = build(model, model_dir)
+                found, why = made.folder, made.reason
+            else:
+                why = f"--tile {tile}; the cached export takes {model.config.lr_size}x{model.config.lr_size}"
+        if found is not None:
+            engine, size, source = open_engine(str(found), None, threads, runtime, providers)
+            if tile in (None, size):
+                return engine, size, f"cached export of the model ({source})"
+            why = f"--tile {tile}; the cached export takes {size}x{size}"
+    from ..reference_engine import ReferenceEngine
+
+    model = model or load_reference_model(model_dir)
+    c = model.config
+    engine = ReferenceEngine(model, norm == "whole")
+    return engine, tile or c.lr_size, f"PyTorch reference ({c.name}: {c.label}; {why})"
+
+
+def load_reference_model(model_dir: str | None) -> Any:
+    if importlib.util.find_spec("torch") is None:
+        raise UserError(
+            "upscale without --artifact runs the model through PyTorch (to export it once, or as "
+            "the reference), which is not installed: pass --artifact, or pip install "
+            "'mor-edge[reference]'"
+        )
+    return load_model_dir(model_dir)
+
+
+def open_engine(
+    artifact: str, tile: int | None, threads: int | None, runtime: str, providers: str
+) -> tuple[Any, int, str]:
+    engine = open_runtime(artifact, threads, runtime, providers)
+    if tile is not None and tile != engine.tile_size:
+        raise UserError(
+            f"this artifact takes {engine.tile_size}x{engine.tile_size} tiles; --tile {tile} cannot run"
+        )
+    return engine, engine.tile_size, artifact
+
+
+def engine_line(engine: Any, source: str) -> str:
     """Which engine ran (after the run: what ONNX Runtime's sessions actually used)."""
-    if artifact is None:
-        c = engine.model.config
-        return f"engine: PyTorch reference ({c.name}: {c.label})"
-    ran = engine.describe()
+    describe = getattr(engine, "describe", None)
+    if describe is None:
+        return f"engine: {source}"
+    ran = describe()
     where = ", ".join(ran.get("providers_used", [])) or ran.get("device", "")
-    return (
-        f"engine: {ran['runtime']} {ran.get('version', '')} ({where}, {ran['threads']} threads), {artifact}"
-    )
+    return f"engine: {ran['runtime']} {ran.get('version', '')} ({where}, {ran['threads']} threads), {source}"

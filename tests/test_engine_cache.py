@@ -1,0 +1,160 @@
+"""`upscale`'s default engine: the model's export, made once, parity-checked, cached by model
+hash and package version, rebuilt when broken, and the reference where it cannot run."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+import mor_edge
+from mor_edge.builtin import random_model
+from mor_edge.cli import main
+from mor_edge.engine_cache import DEFAULT_KIND, cache_folder
+from mor_edge.export.manifest import Artifact
+from mor_edge.model import MoRSR, model_fingerprint
+
+
+@pytest.fixture
+def default_engine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The default as a user has it (conftest makes tests use the reference): a fresh cache."""
+    monkeypatch.delenv("MOR_EDGE_ENGINE", raising=False)
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("MOR_EDGE_CACHE", str(cache))
+    return cache
+
+
+def photo(path: Path, size: tuple[int, int] = (80, 72)) -> Path:
+    rng = np.random.default_rng(0)
+    base = np.kron(rng.integers(0, 255, (size[1] // 8, size[0] // 8, 3)), np.ones((8, 8, 1)))
+    Image.fromarray(base.astype(np.uint8)).save(path)
+    return path
+
+
+def upscale(*args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(main, ["upscale", *args])
+    return result.exit_code, result.stdout, result.stderr
+
+
+def pixels(path: Path) -> np.ndarray:
+    return np.asarray(Image.open(path), dtype=np.float64)
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    return float(10 * np.log10(255.0**2 / np.mean((a - b) ** 2)))
+
+
+def test_default_engine_is_the_cached_export_made_once(
+    default_engine: Path, tmp_path: Path, tiny_model: MoRSR
+) -> None:
+    src = photo(tmp_path / "in.png")
+    code, _, err = upscale(str(src), str(tmp_path / "first.png"))
+    assert code == 0, err
+    folder = cache_folder(None)
+    assert folder is not None
+    assert "first run of this model" in err and "engine: onnxruntime" in err and str(folder) in err
+    artifact = Artifact(folder)  # hashes checked
+    assert artifact.checked.model.hash == model_fingerprint(tiny_model)
+    assert (artifact.target, artifact.routing, artifact.precision) == (
+        DEFAULT_KIND.target,
+        DEFAULT_KIND.routing,
+        DEFAULT_KIND.precision,
+    )
+    made = sorted((p.name, p.stat().st_mtime_ns) for p in folder.iterdir())
+
+    # Found again, without importing PyTorch (the cache is keyed by the model's files).
+    script = (
+        "import sys\nfrom mor_edge.cli import main\n"
+        f"try:\n    main(['upscale', {str(src)!r}, {str(tmp_path / 'second.png')!r}])\n"
+        "except SystemExit as exit:\n    assert exit.code == 0, exit.code\n"
+        "assert 'torch' not in sys.modules, 'a cache hit imported torch'\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "first run" not in done.stderr and str(folder) in done.stderr
+    assert sorted((p.name, p.stat().st_mtime_ns) for p in folder.iterdir()) == made  # reused
+    assert np.array_equal(pixels(tmp_path / "first.png"), pixels(tmp_path / "second.png"))
+
+    code, _, err = upscale(str(src), str(tmp_path / "reference.png"), "--reference")
+    assert code == 0 and "engine: PyTorch reference" in err and "asked for" in err
+    # The export computes what the reference does (its parity gates passed when it was made).
+    assert psnr(pixels(tmp_path / "first.png"), pixels(tmp_path / "reference.png")) > 45
+
+    decoder = folder / artifact.checked.stages["decoder"].variants[0].file
+    decoder.write_bytes(decoder.read_bytes()[:-16] + bytes(16))  # a damaged cache is rebuilt
+    code, _, err = upscale(str(src), str(tmp_path / "rebuilt.png"))
+    assert code == 0 and "first run of this model" in err
+    assert np.array_equal(pixels(tmp_path / "first.png"), pixels(tmp_path / "rebuilt.png"))
+
+
+def test_the_cache_is_keyed_by_the_model_files(tmp_path: Path) -> None:
+    random_model(seed=1).save_pretrained(tmp_path / "other")
+    builtin, other = cache_folder(None), cache_folder(str(tmp_path / "other"))
+    assert builtin is not None and other is not None and builtin.parent == other.parent
+    assert builtin != other and other.name.endswith(f"{DEFAULT_KIND.tag}-v{mor_edge.__version__}")
+    (tmp_path / "other" / "model.safetensors").write_bytes(b"changed")
+    assert cache_folder(str(tmp_path / "other")) != other
+    assert cache_folder(str(tmp_path / "missing")) is None  # loading the model reports why
+
+
+@pytest.mark.parametrize(
+    ("extra", "why"),
+    [
+        (["--reference"], "asked for"),
+        (["--norm", "whole", "--tile", "32"], "--norm whole"),
+        (["--tile", "32"], "--tile 32; the cached export takes 64x64"),
+    ],
+)
+def test_the_reference_runs_when_asked_or_needed(
+    default_engine: Path, tmp_path: Path, extra: list[str], why: str
+) -> None:
+    code, _, err = upscale(str(photo(tmp_path / "in.png", (40, 32))), str(tmp_path / "out.png"), *extra)
+    assert code == 0, err
+    assert "engine: PyTorch reference" in err and why in err
+    assert not default_engine.exists()  # nothing was exported
+
+
+def test_a_missing_runtime_falls_back_to_the_reference(
+    default_engine: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "onnxruntime" else real(name, *a)
+    )
+    code, _, err = upscale(str(photo(tmp_path / "in.png", (40, 32))), str(tmp_path / "out.png"))
+    assert code == 0, err
+    assert "engine: PyTorch reference" in err and "onnxruntime is not installed" in err
+
+
+def test_a_cache_another_process_is_building_is_not_waited_for(
+    default_engine: Path, tmp_path: Path, tiny_model: MoRSR
+) -> None:
+    folder = cache_folder(None)
+    assert folder is not None
+    staging = folder.parent / f"{folder.name}.unchecked"
+    staging.parent.mkdir(parents=True)
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (staging.parent / f".{staging.name}.lock").write_text(str(other.pid))
+        code, _, err = upscale(str(photo(tmp_path / "in.png", (40, 32))), str(tmp_path / "out.png"))
+    finally:
+        other.kill()
+        other.wait()
+    assert code == 0, err
+    assert "engine: PyTorch reference" in err and f"pid {other.pid}" in err
+    assert not folder.exists()
+
+
+def test_bad_input_fails_before_any_export(default_engine: Path, tmp_path: Path) -> None:
+    code, _, err = upscale(str(tmp_path / "missing.png"), str(tmp_path / "out.png"))
+    assert code == 1 and "no such file" in err
+    code, _, err = upscale(str(photo(tmp_path / "in.png")), str(tmp_path / "nowhere" / "out.png"))
+    assert code == 1 and "does not exist" in err
+    assert not default_engine.exists() and os.listdir(tmp_path) == ["in.png"]
