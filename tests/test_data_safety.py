@@ -188,6 +188,9 @@ def test_interrupted_upscale_leaves_no_temporary_file(tmp_path: Path, sig: signa
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # As from a terminal: a test worker may have inherited SIGINT ignored, and a child
+        # started with it ignored keeps ignoring it (seen: exit 0 after Ctrl-C).
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.monotonic() + 120
     while not any(p.name.endswith(".tmp") for p in tmp_path.iterdir()):  # writing has begun

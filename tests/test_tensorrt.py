@@ -17,6 +17,7 @@ from pathlib import Path
 import onnx
 import pytest
 from click.testing import CliRunner
+from PIL import Image
 
 from mor_edge.calib.calibration_set import CalibrationSet
 from mor_edge.calib.sampling import build_calibration_set
@@ -161,10 +162,12 @@ def test_the_cli_runs_parity_on_onnx_runtime_and_refuses_where_tensorrt_is_neede
     assert result.exit_code == 1 and "no cuda provider" in result.output
     if HAS_TENSORRT:
         pytest.skip("TensorRT is installed: the refusals below are for machines without it")
+    photo = tmp_path / "in.png"
+    Image.new("RGB", (16, 16), (90, 120, 200)).save(photo)
     for args in (
         ["build-engines", art],
         ["bench", art],
-        ["upscale", art, str(tmp_path / "o.png"), "--artifact", art],
+        ["upscale", str(photo), str(tmp_path / "o.png"), "--artifact", art],
     ):
         result = CliRunner().invoke(main, args)
         assert result.exit_code == 1 and "needs TensorRT" in result.output, (args, result.output)

@@ -105,7 +105,9 @@ def test_a_few_steps_reduce_the_loss_and_touch_only_trainable_parameters(
     steps = {"estimator_steps": 0, "base_steps": 0, "mor_steps": 0, f"{stage}_steps": 12}
     config = TrainConfig(**SMALL, **steps)
     data = small_data(config, model)
-    fixed = [data.batch(stage, 10_000 + i) for i in range(2)]
+    # The batches the run trains on (batch i of a stage is fixed by the seed): 12 warm-up steps
+    # are too few for a loss on unseen crops to fall reliably (measured: by 2e-7 of 7e-3).
+    fixed = [data.batch(stage, i) for i in range(12)]
 
     def loss() -> float:
         with torch.no_grad():
