@@ -30,6 +30,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from mor_edge.builtin import load_model
+from mor_edge.model import MoRSR
 from mor_edge.tiling import positions
 
 WIDTH, HEIGHT = 512, 384
@@ -41,9 +42,8 @@ def photo(folder: Path) -> Path:
     return path
 
 
-def pipeline_macs(tile: int) -> float:
-    """MACs of one tile through the built-in model (attention counted: the math kernel)."""
-    model = load_model(None)
+def pipeline_macs(model: MoRSR, tile: int) -> float:
+    """MACs of one tile through the model (attention counted: the math kernel)."""
     lr = torch.rand(1, 3, tile, tile)
     with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
         model(lr)
@@ -77,9 +77,10 @@ def main() -> None:
     args = parser.parse_args()
     exe = str(Path(sys.executable).with_name("mor-edge"))
     threads = len(os.sched_getaffinity(0))
-    tile = load_model(None).config.lr_size
+    model = load_model(None)
+    tile = model.config.lr_size
     tiles = len(positions(HEIGHT, tile, tile // 8)) * len(positions(WIDTH, tile, tile // 8))
-    macs = pipeline_macs(tile)
+    macs = pipeline_macs(model, tile)
     peak = gemm_gflops(threads)
     out_mp = WIDTH * HEIGHT * 16 / 1e6
     rows: list[dict[str, Any]] = []
