@@ -105,6 +105,12 @@ def _open(path: Path) -> Image.Image:
     return image
 
 
+def probe_image(path: str | Path) -> None:
+    """The checks `load_image` makes from the file's header (existence, format, size), without
+    decoding it: a bad input fails at once, before a model is loaded or exported."""
+    _open(Path(path)).close()
+
+
 GREY_MODES = ("1", "L", "LA", "La", *SIXTEEN_BIT_MODES)
 # EXIF orientation -> (quarter turns anticlockwise, then flip left-right), as exif_transpose.
 ORIENTATIONS = {
@@ -358,8 +364,12 @@ class PngBandWriter:
         self._chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, depth, colour_type, 0, 0, 0))
 
     def _chunk(self, kind: bytes, data: bytes) -> None:
-        self._file.write(struct.pack(">I", len(data)) + kind + data)
-        self._file.write(struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+        try:
+            self._file.write(struct.pack(">I", len(data)) + kind + data)
+            self._file.write(struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+        except OSError as exc:  # a full disk or a file-size limit: one line, no partial file
+            self.abort()
+            raise UserError(f"{self.path}: cannot write ({exc.strerror or exc})") from None
 
     def write(self, rows: np.ndarray) -> None:
         """(h, W, C) rows of the writer's depth (uint8 or uint16), top to bottom."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,7 +60,14 @@ def upscale_file(
     dtype = np.uint16 if image.rgb.dtype == np.uint16 and fmt in DEEP_FORMATS else np.uint8
     scale = engine.scale
     out_w, out_h = image.width * scale, image.height * scale
-    bands = upscale_tiled(
+    alpha = None
+    if image.alpha is not None and fmt in ALPHA_FORMATS:
+        alpha = upscale_alpha(image.alpha, scale, dtype)
+
+    def pixels(band: np.ndarray) -> np.ndarray:
+        return _quantise(band @ LUMA if image.grey else band, dtype)
+
+    tiled = upscale_tiled(
         image,
         engine,
         options.tile,
@@ -68,29 +76,23 @@ def upscale_file(
         options.progress,
         TimeBudget(options.max_seconds),
     )
-    alpha = None
-    if image.alpha is not None and fmt in ALPHA_FORMATS:
-        alpha = upscale_alpha(image.alpha, scale, dtype)
-
-    def pixels(band: np.ndarray) -> np.ndarray:
-        return _quantise(band @ LUMA if image.grey else band, dtype)
-
-    if fmt != "PNG":
-        save_image(np.concatenate([pixels(band) for band in bands]), dst, alpha)
-        return f"{image.width}x{image.height}", f"{out_w}x{out_h}"
-    channels = (1 if image.grey else 3) + (alpha is not None)
-    writer = PngBandWriter(dst, out_w, out_h, channels, np.dtype(dtype).itemsize * 8)
-    try:
-        top = 0
-        for band in bands:
-            rows = pixels(band)
-            height = rows.shape[0]
-            writer.write(interleave(rows, None if alpha is None else alpha[top : top + height]))
-            top += height
-        writer.close()
-    except BaseException:
-        writer.abort()
-        raise
+    with contextlib.closing(tiled) as bands:  # a failed write ends the progress line first
+        if fmt != "PNG":
+            save_image(np.concatenate([pixels(band) for band in bands]), dst, alpha)
+            return f"{image.width}x{image.height}", f"{out_w}x{out_h}"
+        channels = (1 if image.grey else 3) + (alpha is not None)
+        writer = PngBandWriter(dst, out_w, out_h, channels, np.dtype(dtype).itemsize * 8)
+        try:
+            top = 0
+            for band in bands:
+                rows = pixels(band)
+                height = rows.shape[0]
+                writer.write(interleave(rows, None if alpha is None else alpha[top : top + height]))
+                top += height
+            writer.close()
+        except BaseException:
+            writer.abort()
+            raise
     return f"{image.width}x{image.height}", f"{out_w}x{out_h}"
 
 

@@ -203,6 +203,34 @@ def test_interrupted_upscale_leaves_no_temporary_file(tmp_path: Path, sig: signa
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.png"]
 
 
+def _file_size_limit(limit: int) -> None:
+    """In the child: files may not grow beyond `limit` bytes; writes past it fail with EFBIG
+    (SIGXFSZ ignored), as a full disk fails them with ENOSPC."""
+    import resource
+
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+
+@pytest.mark.parametrize("suffix", [".png", ".tif"])  # PNG is streamed in bands; TIFF is written whole
+def test_a_write_that_fails_midway_is_one_line_and_leaves_nothing(tmp_path: Path, suffix: str) -> None:
+    src = picture(tmp_path / "in.png", size=(96, 64))
+    out = tmp_path / "out"
+    out.mkdir()
+    proc = subprocess.run(
+        [sys.executable, "-m", "mor_edge.cli", "upscale", str(src), str(out / f"o{suffix}"), *FAST],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        preexec_fn=lambda: _file_size_limit(20_000),  # the output is ~300 KB
+    )
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("Error:")]
+    assert errors == [f"Error: {out / f'o{suffix}'}: cannot write (File too large)"], proc.stderr
+    assert list(out.iterdir()) == []
+
+
 def test_a_multi_frame_input_says_only_its_first_frame_is_upscaled(tmp_path: Path) -> None:
     frames = [Image.new("RGB", (10, 8), colour) for colour in ((200, 0, 0), (0, 200, 0))]
     frames[0].save(tmp_path / "pages.tif", save_all=True, append_images=frames[1:])

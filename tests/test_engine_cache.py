@@ -165,4 +165,7 @@ def test_bad_input_fails_before_any_export(default_engine: Path, tmp_path: Path)
     assert code == 1 and "no such file" in err
     code, _, err = upscale(str(photo(tmp_path / "in.png")), str(tmp_path / "nowhere" / "out.png"))
     assert code == 1 and "does not exist" in err
-    assert not default_engine.exists() and os.listdir(tmp_path) == ["in.png"]
+    (tmp_path / "text.png").write_text("not a picture")
+    code, _, err = upscale(str(tmp_path / "text.png"), str(tmp_path / "out.png"))
+    assert code == 1 and "not an image" in err
+    assert not default_engine.exists() and sorted(os.listdir(tmp_path)) == ["in.png", "text.png"]

@@ -122,8 +122,9 @@ def export_command(
     from mor_edge.export.exporter import export, make_target
     from mor_edge.export.routing_plan import default_buckets
 
-    model = load_model_dir(model_dir)
     precision = precision or make_target(target).capabilities.default_precision
+    refuse_unused_options(routing, precision)
+    model = load_model_dir(model_dir)
     options: dict[str, Any] = {} if target == "coreml" else {"exporter": exporter}  # coreml traces itself
     if target == "tensorrt":  # ModelOpt's names for the two it has
         if calibration_method == "percentile":
@@ -177,3 +178,23 @@ def export_command(
         print_bench(bench_report(engine, 3, 10, progress=True))
     if failed:
         raise click.ClickException("parity gates failed (see above); the artifact is kept for inspection")
+
+
+# Options that only mean something with one routing or precision: (option, parameter, needs).
+CONDITIONAL_OPTIONS = (
+    ("--bucket-levels", "bucket_levels", ("routing", "static")),
+    ("--dynamic-form", "dynamic_form", ("routing", "dynamic")),
+    ("--calib", "calib_dir", ("precision", "int8")),
+    ("--keep-float", "keep_float", ("precision", "int8")),
+    ("--calibration-method", "calibration_method", ("precision", "int8")),
+)
+
+
+def refuse_unused_options(routing: str, precision: str) -> None:
+    """An option given where it has no effect is a mistake to report, not to ignore silently."""
+    ctx = click.get_current_context()
+    chosen = {"routing": routing, "precision": precision}
+    for flag, name, (axis, value) in CONDITIONAL_OPTIONS:
+        given = ctx.get_parameter_source(name) not in (None, click.core.ParameterSource.DEFAULT)
+        if given and chosen[axis] != value:
+            raise UserError(f"{flag} applies to --{axis} {value} only (this export is {chosen[axis]})")

@@ -102,7 +102,7 @@ def upscale(
     """Super-resolve IN (PNG, JPEG, WebP, TIFF, BMP; any size) to OUT, whose extension sets
     the format. With a folder IN, every file in it goes to the folder OUT; failures are
     reported per file and the rest go on. Tiled: memory is bounded by the tile, not the image."""
-    from ..image_io import check_output_path
+    from ..image_io import check_output_path, probe_image
     from ..upscale import TileOptions, batch_outputs, upscale_file
 
     if artifact is not None and (reference or model_dir is not None):
@@ -113,8 +113,7 @@ def upscale(
     if src.is_dir():  # every output name checked before any work (or any export) is done
         jobs = batch_outputs(src, Path(output_path), out_suffix)
     else:
-        if not src.exists():
-            raise UserError(f"{src}: no such file")
+        probe_image(src)
         jobs = [(src, check_output_path(output_path))]
     engine, tile, source = choose_engine(
         artifact, model_dir, reference, norm, tile, threads, runtime, providers
