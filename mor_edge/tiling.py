@@ -23,7 +23,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -192,7 +192,7 @@ def upscale_tiled(
     per_tile_routing: bool = False,
     progress: bool = True,
     budget: TimeBudget | None = None,
-) -> Iterator[np.ndarray]:
+) -> Generator[np.ndarray, None, None]:
     """Yield the SR colour image as float32 row bands (h, W*scale, 3), top to bottom.
 
     A band is a view into the one accumulation buffer (a tile high) and is overwritten on
