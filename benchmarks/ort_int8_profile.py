@@ -29,39 +29,55 @@ def is_int8_kernel(op: str) -> bool:
     return op.startswith(("QLinear", "QGemm", "QAttention")) or op in {"ConvInteger", "MatMulInteger"}
 
 
-def profile_stage(path: Path, threads: int, warmup: int, runs: int, scratch: Path) -> dict[str, Any]:
-    """Kernel milliseconds per run, by operator type, of one graph on random inputs."""
+def open_profiled(path: Path, threads: int, scratch: Path) -> Any:
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
+    # as the runtime adapter: no spinning threads (here, the idle session's would steal the CPU)
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.enable_profiling = True
-    options.profile_file_prefix = str(scratch / path.stem)
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    rng = np.random.default_rng(0)
-    feed = {i.name: rng.random([int(d) for d in i.shape], dtype=np.float32) for i in session.get_inputs()}
-    for _ in range(warmup + runs):
-        session.run(None, feed)
-    events = json.loads(Path(session.end_profiling()).read_text())
-    # kernels of the timed runs only: those after the last warm-up run ended
+    options.profile_file_prefix = str(scratch / f"{path.parent.name}-{path.stem}")
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def summarise(events: list[dict[str, Any]], warmup: int) -> dict[str, Any]:
+    """Median wall time of the timed runs and their mean kernel time by operator type."""
     model_runs = sorted((e["ts"], e["dur"]) for e in events if e.get("name") == "model_run")
-    cut = model_runs[warmup - 1][0] + model_runs[warmup - 1][1] if warmup else 0
-    run_ms = float(np.median([dur for _, dur in model_runs[warmup:]])) / 1000
-    events = [e for e in events if e.get("ts", 0) >= cut]
+    timed = model_runs[warmup:]
+    cut = timed[0][0]  # kernels of the timed runs only
     by_op: dict[str, float] = defaultdict(float)
     for e in events:
-        if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time"):
-            by_op[e["args"]["op_name"]] += e["dur"] / 1000 / runs
+        if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time") and e["ts"] >= cut:
+            by_op[e["args"]["op_name"]] += e["dur"] / 1000 / len(timed)
     total = sum(by_op.values())
     conversion = sum(v for k, v in by_op.items() if k in CONVERSION)
     int8 = sum(v for k, v in by_op.items() if is_int8_kernel(k))
     return {
-        "run_ms": run_ms,  # median wall time of a timed run
+        "run_ms": float(np.median([dur for _, dur in timed])) / 1000,
         "kernel_ms": total,
         "conversion_ms": conversion,
         "int8_kernels_ms": int8,
         "float_ms": total - conversion - int8,
         "by_op_ms": dict(sorted(by_op.items(), key=lambda kv: -kv[1])),
+    }
+
+
+def profile_stage(
+    graphs: dict[str, Path], threads: int, warmup: int, runs: int, scratch: Path
+) -> dict[str, dict[str, Any]]:
+    """Each precision's graph of one stage on the same random inputs, runs alternating between
+    them (so that a noisy machine slows both alike), profiled."""
+    sessions = {k: open_profiled(path, threads, scratch) for k, path in graphs.items()}
+    rng = np.random.default_rng(0)
+    first = next(iter(sessions.values()))
+    feed = {i.name: rng.random([int(d) for d in i.shape], dtype=np.float32) for i in first.get_inputs()}
+    for _ in range(warmup + runs):
+        for session in sessions.values():
+            session.run(None, feed)
+    return {
+        k: summarise(json.loads(Path(session.end_profiling()).read_text()), warmup)
+        for k, session in sessions.items()
     }
 
 
@@ -85,8 +101,8 @@ def main() -> None:
     results: dict[str, Any] = {"threads": args.threads, "runs": args.runs, "model": model.config.name}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        for precision in ("fp32", "int8"):
-            folder = export(
+        folders = {
+            precision: export(
                 model,
                 root / precision,
                 target="onnx",
@@ -95,11 +111,16 @@ def main() -> None:
                 calibration=calibration if precision == "int8" else None,
                 progress=False,
             )
-            artifact = Artifact(folder)
-            results[precision] = {}
-            for stage in STAGES:
-                graph = folder / artifact.checked.stages[stage].variants[0].file
-                results[precision][stage] = profile_stage(graph, args.threads, 3, args.runs, root)
+            for precision in ("fp32", "int8")
+        }
+        results.update({precision: {} for precision in folders})
+        for stage in STAGES:
+            graphs = {
+                precision: folder / Artifact(folder).checked.stages[stage].variants[0].file
+                for precision, folder in folders.items()
+            }
+            for precision, summary in profile_stage(graphs, args.threads, 3, args.runs, root).items():
+                results[precision][stage] = summary
     header = ("stage", "FP32 ms", "INT8 ms", "speed", "Q/DQ ms", "int8 ops", "float ops")
     print(f"{header[0]:<9}" + "".join(f"{h:>10}" for h in header[1:]))
     for stage in STAGES:

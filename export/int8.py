@@ -30,8 +30,9 @@ KEEP_FLOAT_POLICIES = ("default", "auto", "none")
 # are the last of the encoder and the first of the decoder (quantized alone, `quant_conv` cost
 # the built-in encoder 27 dB of its stage PSNR, every other group 35 dB or more).
 DEFAULT_KEEP_FLOAT = re.compile(r"(^|/)(conv_in|conv_out|quant_conv|post_quant_conv)(/|$)")
-# The colour step (a fixed low-pass that sets the output's colours) is never quantized.
-ALWAYS_FLOAT = re.compile(r"(^|/)colour(/|$)")
+# The colour step (a fixed low-pass that sets the output's colours) and the bicubic upsampler
+# (constant resize matrices where a target writes it as matmuls) are never quantized.
+ALWAYS_FLOAT = re.compile(r"(^|/)(colour|upsampler)(/|$)")
 AUTO_THRESHOLD_DB = 40.0
 
 

@@ -54,7 +54,9 @@ class HalfPrecision(nn.Module):
 class OnnxTarget:
     name = "onnx"
     suffix = ".onnx"
-    capabilities = Capabilities(precisions=("fp32", "fp16", "int8"))
+    # bicubic as two matmuls: ONNX Runtime's cubic Resize took 15 ms of a 50 ms encoder tile
+    # (benchmarks/ort_int8_profile.py)
+    capabilities = Capabilities(precisions=("fp32", "fp16", "int8"), resize="matmul")
 
     def __init__(self, exporter: str = "torchscript", calibration_method: str = CALIBRATION_METHOD) -> None:
         if exporter not in EXPORTERS:
@@ -139,7 +141,7 @@ class OnnxTarget:
                 reduce_range=False,
                 activation_type=QuantType.QUInt8,
                 weight_type=QuantType.QInt8,
-                nodes_to_exclude=sorted(float_nodes),
+                nodes_to_exclude=sorted(float_nodes | activation_matmuls(source)),
                 calibrate_method=method,
                 calibration_cache_path=cache,
                 extra_options={"WeightSymmetric": True, "ActivationSymmetric": False},
@@ -160,6 +162,16 @@ class OnnxTarget:
         onnx.checker.check_model(str(path))
         spec.check_io(signature(path), path.name)
         return [path]
+
+
+def activation_matmuls(path: Path) -> set[str]:
+    """MatMuls of two activations (attention's scores and its weighted sum). Left in float for
+    ONNX Runtime: quantized, they fuse into QLinearSoftmax and QLinearMatMul kernels that made
+    the tiny UNet 0.5x its FP32 speed (benchmarks/ort_int8_profile.py)."""
+    graph = onnx.load(str(path), load_external_data=False).graph
+    constants = {t.name for t in graph.initializer}
+    constants.update(o for n in graph.node if n.op_type == "Constant" for o in n.output)
+    return {n.name for n in graph.node if n.op_type == "MatMul" and not constants & set(n.input)}
 
 
 def save_graph(proto: onnx.ModelProto, path: Path) -> list[Path]:

@@ -30,6 +30,14 @@ class PairSet:
     severities: list[str]
 
 
+def photo_index(i: int, photos: int, severities: int) -> int:
+    """The photo of pair `i`: round robin, unless the photo count is a multiple of the severity
+    count, where round robin would give each photo a single severity (content and severity
+    confounded in every per-severity mean and rank correlation); photos then advance once per
+    severity cycle, so each photo meets every severity."""
+    return (i // severities if photos % severities == 0 else i) % photos
+
+
 def degraded_pairs(
     sr_size: int, count: int, seed: int, subset: str = "eval", pool: list[np.ndarray] | None = None
 ) -> PairSet:
@@ -38,8 +46,10 @@ def degraded_pairs(
     determined by the arguments."""
     rng = np.random.default_rng(seed)
     pool = pool if pool is not None else list(photos(subset).values())
-    hr = torch.stack([random_crop(pool[i % len(pool)], sr_size, rng) for i in range(count)])
     levels = list(SEVERITIES)
+    hr = torch.stack(
+        [random_crop(pool[photo_index(i, len(pool), len(levels))], sr_size, rng) for i in range(count)]
+    )
     severities = [levels[i % len(levels)] for i in range(count)]
     lr, params = degrade(hr, seed=seed, severity=severities)
     return PairSet(lr, hr, params, severities)

@@ -27,7 +27,7 @@ from .degradation import DegradationEstimator
 from .injection import InjectionSummary, inject_mor
 from .model_folder import ModelFolderError, check_weights, read_config, read_weights
 from .mor_layers import MoRLayer
-from .resize import bicubic
+from .resize import BicubicUpsample
 from .routing import Buckets, Routing, apply_routing, clear_routing, mor_layers
 
 
@@ -89,6 +89,7 @@ class MoRSR(nn.Module):
         )
         self.register_buffer("timestep", torch.tensor([config.timestep], dtype=torch.long))
         self.colour = ColourStep(config)
+        self.upsampler = BicubicUpsample(config.scale)
         self.alpha_bar = alpha_bar(config)
         self._inject()
 
@@ -115,9 +116,7 @@ class MoRSR(nn.Module):
     # -- stages -----------------------------------------------------------------------
     def upsample(self, lr: torch.Tensor) -> torch.Tensor:
         """[0, 1] LR -> bicubic x`scale` in [-1, 1] (the encoder's input)."""
-        scale = self.config.scale
-        up = bicubic(lr, (lr.shape[-2] * scale, lr.shape[-1] * scale))
-        return up.clamp(0, 1) * 2 - 1
+        return self.upsampler(lr).clamp(0, 1) * 2 - 1
 
     def route(self, lr: torch.Tensor) -> torch.Tensor:
         """Degradation vector s (N, K) from the LR image."""

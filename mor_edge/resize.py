@@ -15,6 +15,7 @@ from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 _AS_MATMUL: contextvars.ContextVar[bool] = contextvars.ContextVar("bicubic_as_matmul", default=False)
 
@@ -54,8 +55,11 @@ def bicubic(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Resize (N, C, H, W) to `size` bicubically (not clamped)."""
     if not _AS_MATMUL.get():
         return F.interpolate(x, size=size, mode="bicubic", align_corners=False)
-    rows = resize_matrix(x.shape[-2], size[0]).to(x.dtype)
-    cols = resize_matrix(x.shape[-1], size[1]).to(x.dtype)
+    # Plain ints: under tracing a shape is a traced value, and the matrix would be built (and
+    # recorded) number by number, 9 s a stage; exported shapes are fixed.
+    (h_in, w_in), (h_out, w_out) = (int(v) for v in x.shape[-2:]), (int(v) for v in size)
+    rows = resize_matrix(h_in, h_out).to(x.dtype)
+    cols = resize_matrix(w_in, w_out).to(x.dtype)
     return rows @ x @ cols.T
 
 
@@ -66,3 +70,16 @@ def bicubic_as_matmul() -> Iterator[None]:
         yield
     finally:
         _AS_MATMUL.reset(token)
+
+
+class BicubicUpsample(nn.Module):
+    """Bicubic x`scale` as a module (no weights), so that exported graphs name its nodes
+    `.../upsampler/...`: its matmul form's constant matrices are not weights, and INT8 keeps
+    them in float."""
+
+    def __init__(self, scale: int) -> None:
+        super().__init__()
+        self.scale = scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return bicubic(x, (x.shape[-2] * self.scale, x.shape[-1] * self.scale))

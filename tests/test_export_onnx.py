@@ -15,9 +15,11 @@ from click.testing import CliRunner
 
 from mor_edge.atomic import MARKER
 from mor_edge.cli import main
+from mor_edge.config import tiny_config
 from mor_edge.errors import UserError
 from mor_edge.export import onnx_export
 from mor_edge.export.exporter import export
+from mor_edge.export.int8 import float_only_nodes
 from mor_edge.export.manifest import MANIFEST_NAME, Artifact, ArtifactError, sha256_file
 from mor_edge.export.routing_plan import default_buckets
 from mor_edge.model import MoRSR, model_fingerprint
@@ -238,3 +240,49 @@ def test_onnx_artifact_golden_output(artifacts: dict[str, Path], tmp_path: Path)
     )
     assert result.exit_code == 0, result.output
     assert_golden(tmp_path / "sr.png", "onnx_static_sr.png")
+
+
+def test_onnx_int8_keeps_the_upsampler_and_the_attention_in_float(tmp_path: Path) -> None:
+    """ONNX graphs write bicubic as two constant matmuls (ORT's cubic Resize was a third of an
+    encoder tile), and INT8 leaves those and attention's activation-by-activation MatMuls in
+    float: quantized, ORT fused the latter into a QLinearSoftmax that halved the UNet's speed."""
+    import onnxruntime as ort
+
+    from mor_edge.export.onnx_export import OnnxTarget, activation_matmuls
+    from mor_edge.export.stages import StageModule
+    from mor_edge.resize import bicubic_as_matmul
+    from mor_edge.stage_contract import stage_specs
+
+    torch.manual_seed(0)
+    model = MoRSR(tiny_config()).eval()
+    specs = stage_specs(model.config, "base")
+    target = OnnxTarget()
+    for stage in ("decoder", "unet"):
+        source, quantized = tmp_path / f"{stage}.onnx", tmp_path / f"{stage}.int8.onnx"
+        with bicubic_as_matmul():
+            target.export_stage(StageModule(model, stage, "base"), specs[stage], source)
+        samples = [specs[stage].dummy_inputs(seed) for seed in range(2)]
+        kept = float_only_nodes(onnx.load(str(source)).graph)
+        target.quantize_stage(source, quantized, samples, kept)
+        graph = onnx.load(str(quantized)).graph
+        dequantized = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+        if stage == "decoder":
+            modes = [
+                a.s for n in graph.node if n.op_type == "Resize" for a in n.attribute if a.name == "mode"
+            ]
+            assert modes and b"cubic" not in modes  # the VAE's nearest upsamplers remain
+            float_matmuls = {n.name for n in graph.node if "/upsampler/" in n.name and n.op_type == "MatMul"}
+            assert len(float_matmuls) == 2 and float_matmuls <= kept  # rows, then columns
+        else:
+            float_matmuls = activation_matmuls(source)
+            # scores and weighted sum of each self- and cross-attention, nothing else
+            assert len(float_matmuls) == 16 and all("/attn" in n for n in float_matmuls)
+        for node in graph.node:
+            if node.name in float_matmuls:
+                assert not dequantized & set(node.input), node.name
+        assert any(n.op_type == "QuantizeLinear" for n in graph.node)  # the rest is quantized
+        options = ort.SessionOptions()
+        options.optimized_model_filepath = str(tmp_path / f"{stage}.optimized.onnx")
+        ort.InferenceSession(str(quantized), options, providers=["CPUExecutionProvider"])
+        optimized = {n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node}
+        assert "QLinearSoftmax" not in optimized and "QLinearConv" in optimized
