@@ -54,7 +54,7 @@ class HalfPrecision(nn.Module):
 class OnnxTarget:
     name = "onnx"
     suffix = ".onnx"
-    # bicubic as two matmuls: ONNX Runtime's cubic Resize took 15 ms of a 50 ms encoder tile
+    # bicubic as two matmuls: ONNX Runtime's cubic Resize took 16 ms of a 46 ms encoder tile
     # (benchmarks/ort_int8_profile.py)
     capabilities = Capabilities(precisions=("fp32", "fp16", "int8"), resize="matmul")
 
