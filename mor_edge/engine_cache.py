@@ -62,7 +62,6 @@ class CacheResult:
 
     folder: Path | None
     reason: str = ""
-    built: bool = False
 
 
 def cache_root() -> Path:
@@ -153,7 +152,7 @@ def build(
         shutil.rmtree(staging, ignore_errors=True)
         if not _usable(folder):
             return CacheResult(None, f"{folder} could not be put in place")
-    return CacheResult(folder, built=True)
+    return CacheResult(folder)
 
 
 def _export_and_check(
