@@ -69,14 +69,18 @@ class CalibrationSet:
     def stage_inputs(
         self, spec: StageSpec, routing: str, buckets: list[int] | None = None
     ) -> list[dict[str, np.ndarray]]:
-        """The inputs of a stage (batch 1 each), picked by its contract from lr, s and the
-        captured latent and x0; for a static variant only the samples that calibrate its
-        `buckets`."""
+        """The inputs of a stage, picked by its contract from lr, s and the captured latent
+        and x0; for a static variant only the samples that calibrate its `buckets`. Each
+        sample fills the stage's batch with copies of itself (a batch shares one `s`, and
+        copies keep the activation ranges of a batch of one)."""
         if spec.name not in CALIBRATED_STAGES:
             raise ValueError(f"no calibration inputs for stage {spec.name!r}")
         rows = [i for i in range(len(self)) if buckets is None or int(self.bucket[i]) in buckets]
         named = spec.feed({"lr": self.lr, "s": self.s, **self.captured[routing]})
-        return [{k: v[i : i + 1].numpy() for k, v in named.items()} for i in rows]
+        batch = {t.name: t.shape[0] for t in spec.inputs}
+        return [
+            {k: np.repeat(v[i : i + 1].numpy(), batch[k], axis=0) for k, v in named.items()} for i in rows
+        ]
 
     def save(self, folder: str | Path, force: bool = False) -> Path:
         tensors = {

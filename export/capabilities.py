@@ -37,6 +37,7 @@ class Capabilities:
     # who quantizes "int8"/"w8": the shared ONNX path of int8.py ("shared"), or the target
     # inside its own export_stage ("target")
     quantizer: Literal["shared", "target"] = "shared"
+    batched: bool = True  # image stages may take several tiles per call (`--batch`)
 
 
 @dataclass(frozen=True)

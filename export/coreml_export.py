@@ -84,6 +84,7 @@ class CoreMLTarget:
         multifunction=True,
         resize="matmul",  # Core ML has no bicubic resize op
         quantizer="target",  # coremltools compresses inside the conversion
+        batched=False,  # one tile per call: batched Core ML packages were never run (no macOS here)
     )
 
     def __init__(self, deployment_target: str = "iOS17") -> None:

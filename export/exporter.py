@@ -212,6 +212,7 @@ def plan_export(
     calibration: CalibrationSet | None = None,
     keep_float: str = "default",
     progress: bool = True,
+    batch: int = 1,
 ) -> ExportPlan:
     """Check the options against the target's declared capabilities and decide everything
     (a default calibration set is built here when a quantized precision needs one)."""
@@ -224,6 +225,8 @@ def plan_export(
     precision = precision or caps.default_precision
     if precision not in caps.precisions:
         raise UserError(f"precision must be one of {', '.join(caps.precisions)} for the {target} target")
+    if batch != 1 and not caps.batched:
+        raise UserError(f"the {target} target takes one tile per call (--batch 1), not {batch}")
     if routing == "static" and buckets is None:
         buckets = default_buckets(model)
     fingerprint = model_fingerprint(model)
@@ -253,7 +256,7 @@ def plan_export(
         buckets=buckets,
         calibration=calibration,
         keep_float=keep_float,
-        specs=stage_specs(model.config, routing),
+        specs=stage_specs(model.config, routing, batch),
         jobs=jobs,
         fingerprint=fingerprint,
         model_source=model_source,
@@ -275,6 +278,7 @@ def export(
     calibration: CalibrationSet | None = None,
     keep_float: str = "default",
     progress: bool = True,
+    batch: int = 1,
 ) -> Path:
     """Export every stage of `model` to `out` for `target`; returns the artifact folder.
 
@@ -282,7 +286,8 @@ def export(
     (`manifest_for`) in a temporary folder that replaces `out` only when all is written.
     Quantized precisions use `calibration` (made here with defaults when not given) and the
     `keep_float` policy. Dynamic routing uses the `fold` form by default, `gather` when
-    quantized (folded weights are computed from `s` and would stay in float)."""
+    quantized (folded weights are computed from `s` and would stay in float). The image
+    stages take `batch` tiles per call (the router one image)."""
     out = Path(out)
     check_destination(out, force)
     plan = plan_export(
@@ -297,6 +302,7 @@ def export(
         calibration,
         keep_float,
         progress,
+        batch,
     )
     with (
         atomic_folder(out, force, kind="artifact") as tmp,

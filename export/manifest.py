@@ -124,6 +124,11 @@ class Artifact:
         return self.checked.colour.tile_margin if self.checked.colour else 0
 
     @property
+    def batch(self) -> int:
+        """Tiles per call of the image stages (the schema checked that they agree)."""
+        return self.checked.stages["encoder"].inputs[0].shape[0]
+
+    @property
     def bucket_centres(self) -> np.ndarray:
         return np.asarray(self.checked.routing.buckets or [], dtype=np.float32)
 
@@ -149,6 +154,7 @@ class Artifact:
             "model": m.model.model_dump(include={"name", "label", "hash", "source"}),
             "scale": m.scale,
             "tile": self.specs["router"].inputs[0].shape[2],
+            "batch": self.batch,
             "stages": {
                 name: {
                     "precision": m.stages[name].precision,

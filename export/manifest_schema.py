@@ -131,6 +131,14 @@ class Manifest(Entry):
         router = self.stages["router"].inputs[0]
         if router.name != "lr" or len(router.shape) != 4 or router.shape[:2] != [1, 3]:
             raise ValueError(f"the router takes lr (1, 3, h, w), not {router.name} {router.shape}")
+        batches = {
+            t.shape[0]
+            for name in ("encoder", "unet", "decoder")
+            for t in (*self.stages[name].inputs, *self.stages[name].outputs)
+            if t.name != "s"
+        }
+        if len(batches) != 1:
+            raise ValueError(f"the image stages take one batch of tiles, not {sorted(map(str, batches))}")
         if self.routing.mode == "static":
             buckets = self.routing.buckets
             if not buckets or len({len(b) for b in buckets}) != 1:

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from mor_edge.model import MoRSR
-from mor_edge.stage_contract import STAGES, StageSpec
+from mor_edge.stage_contract import ROUTED_STAGES, STAGES, StageSpec
 
 
 def example_inputs(spec: StageSpec, seed: int = 0) -> tuple[torch.Tensor, ...]:
@@ -20,8 +20,9 @@ class StageModule(nn.Module):
 
     In dynamic mode the routed stages take `s` and route in-graph (TopK + Gather) in the
     given form ("fold": selected ranks folded into the weights in-graph; "gather": applied
-    to the activations). Otherwise they take no `s` and run the layers as they are: merged
-    with a bucket's experts by the caller (static), or with adapters off (base)."""
+    to the activations); one `s` (1, K) routes every tile of a batch. Otherwise they take
+    no `s` and run the layers as they are: merged with a bucket's experts by the caller
+    (static), or with adapters off (base)."""
 
     def __init__(self, model: MoRSR, stage: str, routing: str, form: str = "fold") -> None:
         super().__init__()
@@ -31,7 +32,11 @@ class StageModule(nn.Module):
 
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
         m = self.model
-        s = inputs[1] if self.routing == "dynamic" and len(inputs) > 1 else None
+        s = None
+        if self.routing == "dynamic" and self.stage in ROUTED_STAGES:
+            s, tiles = inputs[1], inputs[0].shape[0]
+            if tiles != 1:  # the layers route image by image (no op at all for one tile)
+                s = s.expand(tiles, -1)
         if self.stage == "router":
             return m.route(inputs[0])
         if self.stage == "encoder":

@@ -26,7 +26,7 @@ import contextlib
 import io
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +87,34 @@ def _quiet() -> Any:
             yield
     finally:
         logging.getLogger().setLevel(level)
+
+
+@contextlib.contextmanager
+def _ort_quantization_restored() -> Iterator[None]:
+    """ModelOpt patches ONNX Runtime's calibrators and quantizer classes for its own use and
+    never undoes it: an ONNX Runtime INT8 export later in the same process then failed
+    ("Quantization parameters are not specified ..."). Their attributes are put back after."""
+    from onnxruntime.quantization import base_quantizer, calibrate, qdq_quantizer
+
+    owners: list[Any] = [
+        calibrate,
+        calibrate.CalibraterBase,
+        calibrate.MinMaxCalibrater,
+        calibrate.HistogramCalibrater,
+        calibrate.HistogramCollector,
+        qdq_quantizer.QDQQuantizer,
+        base_quantizer.BaseQuantizer,
+    ]
+    saved = [(owner, dict(vars(owner))) for owner in owners]
+    try:
+        yield
+    finally:
+        for owner, before in saved:
+            for name in set(vars(owner)) - set(before):
+                delattr(owner, name)
+            for name, value in before.items():
+                if vars(owner).get(name) is not value:
+                    setattr(owner, name, value)
 
 
 class TensorRTTarget:
@@ -157,11 +185,11 @@ class TensorRTTarget:
 
         stacked = {name: np.concatenate([s[name] for s in samples]) for name in samples[0]}
         large = _has_external_data(source)
-        with _quiet():
+        with _quiet(), _ort_quantization_restored():
             quantize(
                 str(source),
                 quantize_mode="int8",
-                calibration_data=stacked,  # split by ModelOpt along the batch axis (batch 1)
+                calibration_data=stacked,  # ModelOpt splits it into samples of the graph's batch
                 calibration_method=self.calibration_method,
                 calibration_eps=["cpu"],
                 nodes_to_exclude=_exclude_patterns(float_nodes),

@@ -20,10 +20,12 @@ from .tiling import TileInputs
 class ReferenceEngine:
     """The PyTorch reference behind the `TileEngine` interface. With `whole_image_norm` its
     GroupNorms run on whole-image statistics gathered over the tiles first
-    (`mor_edge.global_norm`); without, each tile is normalised alone."""
+    (`mor_edge.global_norm`); without, each tile is normalised alone. `batch` tiles go
+    through the model per call."""
 
     model: MoRSR
     whole_image_norm: bool = False
+    batch: int = 1
     _norm: WholeImageNorm | None = field(default=None, init=False, repr=False)
     _order: list[str] = field(default_factory=list, init=False, repr=False)
 

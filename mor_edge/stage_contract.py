@@ -3,11 +3,13 @@ and the I/O check. Export, the manifest, every runtime, parity, calibration capt
 benchmarks all read it; nothing else spells a stage's tensors. numpy only (runtimes use it
 without PyTorch).
 
-Stages (batch 1, fixed shapes from the model config):
+Stages (fixed shapes from the model config; B tiles per call, 1 unless exported with a batch):
   router   lr (1,3,h,w)                      -> s (1,K)
-  encoder  lr (1,3,h,w) [+ s in dynamic mode] -> latent (1,C,H/f,W/f)   (bicubic upsample in-graph)
-  unet     latent [+ s in dynamic mode]       -> x0 (1,C,H/f,W/f)
-  decoder  x0 [+ lr: colour step, residual]   -> image (1,3,H,W) in [0, 1]
+  encoder  lr (B,3,h,w) [+ s in dynamic mode] -> latent (B,C,H/f,W/f)   (bicubic upsample in-graph)
+  unet     latent [+ s in dynamic mode]       -> x0 (B,C,H/f,W/f)
+  decoder  x0 [+ lr: colour step, residual]   -> image (B,3,H,W) in [0, 1]
+The router sees the whole image once and `s` stays (1,K): one routing decision covers every
+tile of a batch.
 """
 
 from __future__ import annotations
@@ -92,26 +94,28 @@ class StageSpec:
         )
 
 
-def stage_specs(config: MoRSRConfig, routing: str) -> dict[str, StageSpec]:
-    """The four stages' tensors for a model config and routing mode."""
+def stage_specs(config: MoRSRConfig, routing: str, batch: int = 1) -> dict[str, StageSpec]:
+    """The four stages' tensors for a model config, routing mode and tiles per call."""
     if routing not in ROUTING_MODES:
         raise ValueError(f"routing must be one of {ROUTING_MODES}, got {routing!r}")
+    if batch < 1:
+        raise ValueError(f"batch must be at least 1, got {batch}")
     k = len(config.prompt_pairs)
     vae_factor = 2 ** (len(config.vae["block_out_channels"]) - 1)
     latent_side = config.sr_size // vae_factor
-    latent = TensorSpec("latent", (1, config.vae["latent_channels"], latent_side, latent_side))
+    latent = TensorSpec("latent", (batch, config.vae["latent_channels"], latent_side, latent_side))
     x0 = TensorSpec("x0", latent.shape)
-    lr = TensorSpec("lr", (1, 3, config.lr_size, config.lr_size))
+    lr = TensorSpec("lr", (batch, 3, config.lr_size, config.lr_size))
     s = TensorSpec("s", (1, k))
     extra = (s,) if routing == "dynamic" else ()
     return {
-        "router": StageSpec("router", (lr,), (s,)),
+        "router": StageSpec("router", (TensorSpec("lr", (1, *lr.shape[1:])),), (s,)),
         "encoder": StageSpec("encoder", (lr, *extra), (latent,)),
         "unet": StageSpec("unet", (latent, *extra), (x0,)),
         "decoder": StageSpec(
             "decoder",
             (x0, *((lr,) if config.decoder_takes_lr else ())),
-            (TensorSpec("image", (1, 3, config.sr_size, config.sr_size)),),
+            (TensorSpec("image", (batch, 3, config.sr_size, config.sr_size)),),
         ),
     }
 

@@ -14,7 +14,9 @@ statistics of the whole image (`mor_edge.global_norm`) and tiles match the until
 
 Identical tiles give identical outputs (routing is per image, or a function of the tile), so
 a tile whose pixels were seen before reuses that output: a flat image costs one model run, not
-one per tile. A `TimeBudget` refuses, after a few tiles, work that would run for longer than
+one per tile. An engine that takes several tiles per call (`batch`) gets the next tiles not
+yet run, in row order, all on the image's one routing decision (per-tile routing runs one
+tile per call). A `TimeBudget` refuses, after a few tiles, work that would run for longer than
 the user allowed.
 """
 
@@ -51,9 +53,16 @@ class TileEngine(Protocol):
         """SR pixels at a tile's border to leave out of the blend (see `ramp`)."""
         ...
 
+    @property
+    def batch(self) -> int:
+        """Most tiles `run` takes in one call."""
+        ...
+
     def route(self, lr: np.ndarray) -> np.ndarray: ...
 
-    def run(self, lr: np.ndarray, s: np.ndarray) -> np.ndarray: ...
+    def run(self, lr: np.ndarray, s: np.ndarray) -> np.ndarray:
+        """SR of LR tiles (n, 3, h, w), 1 <= n <= batch, all routed on `s` (1, K)."""
+        ...
 
     def passes(self) -> int:
         """How many times `prepare` walks over the tiles (0: it does not)."""
@@ -217,8 +226,9 @@ def upscale_tiled(
         total_x[x * scale : min(x * scale + side, out_w)] += r[: min(side, out_w - x * scale)]
     s_global = None if per_tile_routing else engine.route(router_input(image, engine.router_size))
     keys = [TileCache.key(image.rgb[y : y + tile, x : x + tile]) for y in ys for x in xs]
+    batch = 1 if s_global is None else engine.batch
     passes = engine.passes()
-    runs = len(keys) * passes + len(set(keys))  # model runs: every tile per pass, distinct ones last
+    runs = len(keys) * passes + -(-len(set(keys)) // batch)  # every tile per pass, distinct ones last
     budget = budget or TimeBudget(None)
     bar = tqdm(total=len(keys) * (1 + passes), desc="upscale", unit="tile", disable=not progress)
 
@@ -233,21 +243,41 @@ def upscale_tiled(
                 bar.update()
                 budget.step(runs, "this upscale")
 
+    cache = TileCache()
+    ahead: dict[bytes, np.ndarray] = {}  # outputs of tiles that ran in an earlier tile's call
+
+    def output(index: int) -> np.ndarray:
+        """Tile `index`'s SR (tile*scale, tile*scale, 3): reused, or run with the next tiles
+        that have not run yet (up to a batch)."""
+        key = keys[index]
+        sr = cache.get(key)
+        if sr is not None:
+            return sr
+        sr = ahead.pop(key, None)
+        if sr is None:
+            group, chosen = [index], {key}
+            for j in range(index + 1, len(keys)):
+                if len(group) == batch:
+                    break
+                if keys[j] not in chosen and keys[j] not in ahead and cache.get(keys[j]) is None:
+                    group.append(j)
+                    chosen.add(keys[j])
+            lr = np.concatenate([_padded_crop(image, ys[j // len(xs)], xs[j % len(xs)], tile) for j in group])
+            srs = [np.ascontiguousarray(out.transpose(1, 2, 0)) for out in engine.run(lr, scores(lr))]
+            budget.step(runs, "this upscale")
+            ahead.update((keys[j], out) for j, out in zip(group[1:], srs[1:], strict=True))
+            sr = srs[0]
+        cache.put(key, sr)
+        return sr
+
     try:
         engine.prepare(tiles)
-        cache = TileCache()
         acc = np.zeros((min(side, out_h), out_w, 3), np.float32)
         band_top = 0  # SR row that acc[0] holds
         for iy, y in enumerate(ys):
             top, bottom = y * scale, min(y * scale + side, out_h)
             for ix, x in enumerate(xs):
-                key = keys[iy * len(xs) + ix]
-                sr = cache.get(key)
-                if sr is None:
-                    lr = _padded_crop(image, y, x, tile)
-                    sr = engine.run(lr, scores(lr))[0].transpose(1, 2, 0)
-                    cache.put(key, sr)
-                    budget.step(runs, "this upscale")
+                sr = output(iy * len(xs) + ix)
                 left, right = x * scale, min(x * scale + side, out_w)
                 weight = ramps_y[iy][: bottom - top, None] * ramps_x[ix][None, : right - left]
                 acc[top - band_top : bottom - band_top, left:right] += (

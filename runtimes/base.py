@@ -29,6 +29,11 @@ class PipelineResult:
     bucket: int | None  # static routing only
 
 
+def _fill(values: np.ndarray, batch: int) -> np.ndarray:
+    """`values` padded along the batch axis to `batch` with copies of its last item."""
+    return np.concatenate([values, np.repeat(values[-1:], batch - len(values), axis=0)])
+
+
 def usable_cores() -> int:
     """The cores this process may run on (its affinity mask where the OS has one)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
@@ -88,8 +93,17 @@ class Runtime(abc.ABC):
 
     def run_stage(self, stage: str, values: dict[str, np.ndarray], bucket: int | None = None) -> np.ndarray:
         """Run one stage (the bucket's variant in static mode) on its inputs picked by name
-        from `values`; returns its single output."""
-        return self._run(self.session(stage, bucket), self.specs[stage].feed(values))[0]
+        from `values`; returns its single output. Fewer tiles than the stage's batch are
+        padded with copies of the last, whose outputs are dropped."""
+        spec = self.specs[stage]
+        feed = spec.feed(values)
+        tiles, batch = feed[spec.inputs[0].name].shape[0], spec.inputs[0].shape[0]
+        if tiles > batch:
+            raise UserError(f"the {stage} stage takes at most {batch} tiles per call, got {tiles}")
+        if tiles < batch:
+            padded = {t.name for t in spec.inputs if t.shape[0] == batch}
+            feed = {name: _fill(v, batch) if name in padded else v for name, v in feed.items()}
+        return self._run(self.session(stage, bucket), feed)[0][:tiles]
 
     def bucket_of(self, s: np.ndarray) -> int | None:
         if self.artifact.routing != "static":
@@ -117,9 +131,17 @@ class Runtime(abc.ABC):
         """Artifacts have fixed shapes: they upscale tiles of exactly their LR size."""
         return int(self.lr_shape()[2])
 
-    def _check(self, lr: np.ndarray) -> np.ndarray:
-        if tuple(lr.shape) != self.lr_shape():
-            raise UserError(f"this artifact takes inputs of shape {self.lr_shape()}, got {tuple(lr.shape)}")
+    @property
+    def batch(self) -> int:
+        """Tiles per call of the image stages, as exported."""
+        return self.artifact.batch
+
+    def _check(self, lr: np.ndarray, most: int = 1) -> np.ndarray:
+        """`lr` as float32 if it holds 1 to `most` images of the artifact's input size."""
+        want = self.lr_shape()
+        if lr.ndim != 4 or tuple(lr.shape[1:]) != want[1:] or not 1 <= lr.shape[0] <= most:
+            shape = want if most == 1 else f"(1 to {most}, {', '.join(map(str, want[1:]))})"
+            raise UserError(f"this artifact takes inputs of shape {shape}, got {tuple(lr.shape)}")
         return lr.astype(np.float32)
 
     def route(self, lr: np.ndarray) -> np.ndarray:
@@ -127,9 +149,9 @@ class Runtime(abc.ABC):
         return self.run_stage("router", {"lr": self._check(lr)})
 
     def run(self, lr: np.ndarray, s: np.ndarray) -> np.ndarray:
-        """SR of one LR tile, routed on `s` (its bucket in static mode): each stage takes
-        what it needs of lr, s, latent and x0."""
-        values = {"lr": self._check(lr), "s": s.astype(np.float32)}
+        """SR of 1 to `batch` LR tiles, all routed on one `s` (its bucket in static mode):
+        each stage takes what it needs of lr, s, latent and x0."""
+        values = {"lr": self._check(lr, self.batch), "s": s.astype(np.float32)}
         bucket = self.bucket_of(s)
         values["latent"] = self.run_stage("encoder", values, bucket)
         values["x0"] = self.run_stage("unet", values, bucket)

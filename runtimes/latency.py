@@ -43,13 +43,15 @@ def machine() -> dict[str, Any]:
 
 
 def run_bench(runtime: Runtime, warmup: int = 3, runs: int = 10, progress: bool = True) -> dict[str, Any]:
-    """Time every stage (bucket 0's variant in static mode) and the whole pipeline."""
+    """Time every stage (bucket 0's variant in static mode) and the whole pipeline: the
+    router on one image, then one call of the image stages on a full batch of tiles."""
     bucket = 0 if runtime.artifact.routing == "static" else None
     calls: dict[str, Callable[[], Any]] = {}
     for stage in STAGES:
         b = bucket if stage in ROUTED_STAGES else None
         calls[stage] = functools.partial(runtime.run_stage, stage, runtime.specs[stage].dummy_inputs(), b)
-    calls["end_to_end"] = functools.partial(runtime.pipeline, runtime.specs["router"].dummy_inputs()["lr"])
+    image, tiles = runtime.specs["router"].dummy_inputs()["lr"], runtime.specs["encoder"].dummy_inputs()["lr"]
+    calls["end_to_end"] = lambda: runtime.run(tiles, runtime.route(image))
     timings = {
         name: time_call(call, warmup, runs)
         for name, call in tqdm(calls.items(), desc="bench", disable=not progress, unit="stage")
@@ -60,6 +62,7 @@ def run_bench(runtime: Runtime, warmup: int = 3, runs: int = 10, progress: bool 
         target=runtime.artifact.target,
         precision=runtime.artifact.precision,
         routing=runtime.artifact.routing,
+        tiles_per_call=runtime.batch,
         warmup=warmup,
         machine=machine(),
     )

@@ -72,7 +72,7 @@ class ColourStepOnly:
     'SR' of a colour-inverted input, aligned to the bicubic of the input. Its output pixel
     depends on input pixels within the step's reach, so tiling must reproduce it exactly."""
 
-    scale, router_size = 4, 8
+    scale, router_size, batch = 4, 8, 1
 
     def __init__(self, levels: int, keep_margin: bool = True) -> None:
         self.config = dataclasses.replace(MoRSRConfig(scale=4), colour_levels=levels, residual=False)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -119,6 +120,28 @@ def test_onnx_int8_graph_is_qdq_with_float_first_and_last_convs(int8_artifacts: 
     producers = {o: n for n in graph.node for o in n.output}
     weight = conv_in.input[1]
     assert weight not in producers or producers[weight].op_type != "DequantizeLinear"
+
+
+def test_openvino_int8_keeps_attention_in_float(int8_artifacts: dict[str, Path]) -> None:
+    """OpenVINO fuses each attention into one ScaledDotProductAttention op; no FakeQuantize
+    feeds its query, key or value (quantized, they made the UNet slower than FP32), while
+    most convolutions read quantized inputs."""
+    import openvino as ov
+
+    model = ov.Core().read_model(str(int8_artifacts["openvino"] / "unet.v0.xml"))
+
+    def source(op: Any, i: int) -> str:
+        node = op.input_value(i).get_node()
+        while node.get_type_name() in ("Convert", "Transpose", "Reshape"):
+            node = node.input_value(0).get_node()
+        return str(node.get_type_name())
+
+    ops = list(model.get_ordered_ops())
+    attention = [op for op in ops if op.get_type_name() == "ScaledDotProductAttention"]
+    assert len(attention) == 8  # 4 self- and 4 cross-attentions
+    assert not any(source(op, i) == "FakeQuantize" for op in attention for i in range(3))
+    convs = [op for op in ops if op.get_type_name() == "Convolution"]
+    assert sum(source(op, 0) == "FakeQuantize" for op in convs) > len(convs) // 2
 
 
 def test_dynamic_int8_keeps_the_gate_in_float(

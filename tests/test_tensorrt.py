@@ -75,6 +75,20 @@ def test_int8_passes_the_int8_gates_on_onnx_runtime(
     assert abs(report["hr_psnr_delta_db"]) <= 0.3
 
 
+def test_onnx_runtime_quantization_is_left_as_modelopt_found_it(int8: dict[str, Path]) -> None:
+    """ModelOpt patches ONNX Runtime's calibrators; after a TensorRT INT8 export they are ORT's
+    own again, so an ONNX Runtime INT8 export in the same process still works."""
+    from onnxruntime.quantization import calibrate, qdq_quantizer
+
+    patched = [
+        calibrate.MinMaxCalibrater.collect_data,
+        calibrate.CalibraterBase.create_inference_session,
+        calibrate.create_calibrator,
+    ]
+    assert all(f.__module__.startswith("onnxruntime.") for f in patched), [f.__module__ for f in patched]
+    assert "check_opset_version" not in vars(qdq_quantizer.QDQQuantizer)  # ModelOpt's addition
+
+
 def test_int8_graphs_are_explicit_qdq_with_float_where_planned(int8: dict[str, Path]) -> None:
     manifest = json.loads((int8["dynamic"] / "manifest.json").read_text())
     assert (

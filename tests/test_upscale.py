@@ -47,7 +47,7 @@ class Nearest:
     """A stand-in engine whose output is a pure function of each pixel: any seam or
     misplaced tile shows up as a difference from the untiled result."""
 
-    scale, router_size, margin = 4, 8, 0
+    scale, router_size, margin, batch = 4, 8, 0, 1
 
     def route(self, lr: np.ndarray) -> np.ndarray:
         return np.zeros((1, 4), np.float32)
@@ -67,10 +67,13 @@ def image(h: int, w: int, seed: int = 0) -> LoadedImage:
     return LoadedImage(rgb=rgb, alpha=None, path=Path("mem"))
 
 
+@pytest.mark.parametrize("batch", [1, 3])
 @pytest.mark.parametrize("h,w", [(1, 1), (7, 1000), (37, 29), (64, 64), (100, 130)])
-def test_tiles_cover_every_pixel_exactly_once_in_weight(h: int, w: int) -> None:
+def test_tiles_cover_every_pixel_exactly_once_in_weight(h: int, w: int, batch: int) -> None:
     img = image(h, w)
-    bands = [b.copy() for b in upscale_tiled(img, Nearest(), tile=32, overlap=8, progress=False)]
+    engine = Nearest()
+    engine.batch = batch
+    bands = [b.copy() for b in upscale_tiled(img, engine, tile=32, overlap=8, progress=False)]
     out = np.concatenate(bands)
     want = np.repeat(np.repeat(img.rgb.astype(np.float32) / 255, 4, 0), 4, 1)
     assert out.shape == want.shape
@@ -79,23 +82,27 @@ def test_tiles_cover_every_pixel_exactly_once_in_weight(h: int, w: int) -> None:
 
 
 class Counting(Nearest):
-    def __init__(self) -> None:
-        self.runs = 0
+    def __init__(self, batch: int) -> None:
+        self.batch, self.calls = batch, []
 
     def run(self, lr: np.ndarray, s: np.ndarray) -> np.ndarray:
-        self.runs += 1
+        self.calls.append(len(lr))
         return super().run(lr, s)
 
 
-def test_tiles_with_the_same_pixels_run_once() -> None:
-    """A flat area costs one model run: 7x7 tiles, the left 2 columns flat, the rest noise."""
+@pytest.mark.parametrize("batch", [1, 4])
+def test_tiles_with_the_same_pixels_run_once(batch: int) -> None:
+    """A flat area costs one model run: 7x7 tiles, the left 2 columns flat, the rest noise;
+    batched, every call is full but the last."""
     img = image(100, 100)
     img.rgb[:, :40] = 77
-    engine = Counting()
+    engine = Counting(batch)
     out = collect(upscale_tiled(img, engine, tile=16, overlap=2, progress=False))
     xs = positions(100, 16, 2)
     distinct = {img.rgb[y : y + 16, x : x + 16].tobytes() for y in xs for x in xs}
-    assert engine.runs == len(distinct) == 7 * 7 - 2 * 7 + 1
+    assert sum(engine.calls) == len(distinct) == 7 * 7 - 2 * 7 + 1
+    full, rest = divmod(len(distinct), batch)
+    assert engine.calls == [batch] * full + [rest] * (rest > 0)
     want = np.repeat(np.repeat(img.rgb.astype(np.float32) / 255, 4, 0), 4, 1)
     np.testing.assert_allclose(out, want, atol=1e-6)
 

@@ -15,7 +15,8 @@ def artifact_table(report: dict[str, Any]) -> str:
         f"target    {report['target']}, {report['precision']}, {report['routing']} routing"
         + (f" ({report['buckets']} buckets)" if report["buckets"] else ""),
         f"model     {model['name']}  {model['label']}  sha256 {model['hash'][:12]}".rstrip(),
-        f"size      LR {report['tile']}x{report['tile']} tiles, x{report['scale']}",
+        f"size      LR {report['tile']}x{report['tile']} tiles, {report['batch']} per call, "
+        f"x{report['scale']}",
         "",
         f"  {'stage':<9}{'precision':<11}{'variants':>8}  inputs -> outputs",
     ]
@@ -50,6 +51,10 @@ def print_bench(report: dict[str, Any]) -> None:
     click.echo(f"  {'stage':<12}{'median ms':>11}{'p90 ms':>10}")
     for name, r in [*report["stages"].items(), ("end_to_end", report["end_to_end"])]:
         click.echo(f"  {name:<12}{r['median_ms']:>11.2f}{r['p90_ms']:>10.2f}")
+    batch = report.get("tiles_per_call", 1)
+    if batch > 1:
+        per_tile = report["end_to_end"]["median_ms"] / batch
+        click.echo(f"  image stages take {batch} tiles per call: end to end {per_tile:.2f} ms per tile")
 
 
 def print_validation(artifact_dir: str) -> None:

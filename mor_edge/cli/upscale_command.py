@@ -212,4 +212,6 @@ def engine_line(engine: Any, source: str) -> str:
         return f"engine: {source}"
     ran = describe()
     where = ", ".join(ran.get("providers_used", [])) or ran.get("device", "")
-    return f"engine: {ran['runtime']} {ran.get('version', '')} ({where}, {ran['threads']} threads), {source}"
+    batch = f", {engine.batch} tiles per call" if engine.batch > 1 else ""
+    runtime = f"{ran['runtime']} {ran.get('version', '')}"
+    return f"engine: {runtime} ({where}, {ran['threads']} threads{batch}), {source}"

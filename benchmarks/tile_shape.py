@@ -1,0 +1,130 @@
+"""Which tile size and batch make a photo fastest on ONNX Runtime: the measurement behind the
+export's 64x64, batch-1 tiles.
+
+The built-in model's three image stages (encoder, UNet, decoder; adapters off, which static
+routing matches within 1-2%) are exported by the ONNX target at each tile size, and at each
+batch of tiles (a fixed batch dimension), then timed on ONNX Runtime (CPU, `--threads`, as the
+runtime adapter runs them) in alternating rounds, so that a noisy machine slows every shape
+alike. A photo's time is the tiles the tiler places (`mor_edge.tiling.positions`, the CLI's
+default overlap of tile/8) times the time per tile.
+
+    python benchmarks/tile_shape.py --out benchmarks/results/tile_shape.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+PHOTOS = {"512x384": (384, 512), "1 MP (1152x864)": (864, 1152)}
+OUTPUT_OF = {"encoder": "latent", "unet": "x0", "decoder": "image"}
+
+
+def tile_count(shape: tuple[int, int], tile: int) -> int:
+    from mor_edge.tiling import positions
+
+    return math.prod(len(positions(side, tile, tile // 8)) for side in shape)
+
+
+def export_shape(folder: Path, tile: int, batch: int) -> dict[str, Path]:
+    """The three image stages of the built-in model for `batch` tiles of `tile` LR pixels."""
+    from mor_edge.builtin import builtin_model
+    from mor_edge.export.onnx_export import OnnxTarget
+    from mor_edge.export.stages import StageModule
+    from mor_edge.resize import bicubic_as_matmul
+    from mor_edge.stage_contract import StageSpec, TensorSpec, stage_specs
+
+    def batched(spec: StageSpec) -> StageSpec:
+        def widen(t: TensorSpec) -> TensorSpec:
+            return dataclasses.replace(t, shape=(batch, *t.shape[1:])) if t.name != "s" else t
+
+        return StageSpec(spec.name, tuple(map(widen, spec.inputs)), tuple(map(widen, spec.outputs)))
+
+    model = builtin_model().eval()
+    model.config = dataclasses.replace(model.config, lr_size=tile)
+    specs = stage_specs(model.config, "base")
+    paths = {}
+    for stage in OUTPUT_OF:
+        paths[stage] = folder / f"{stage}-{tile}-b{batch}.onnx"
+        with bicubic_as_matmul():
+            OnnxTarget().export_stage(StageModule(model, stage, "base"), batched(specs[stage]), paths[stage])
+    return paths
+
+
+class Pipeline:
+    """One shape's three sessions, run back to back on random tiles."""
+
+    def __init__(self, paths: dict[str, Path], tile: int, batch: int, threads: int) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.sessions = {
+            stage: ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            for stage, path in paths.items()
+        }
+        self.lr = np.random.default_rng(0).random((batch, 3, tile, tile), dtype=np.float32)
+
+    def run(self) -> float:
+        start = time.perf_counter()
+        values = {"lr": self.lr}
+        for stage, session in self.sessions.items():
+            feed = {i.name: values[i.name] for i in session.get_inputs()}
+            values[OUTPUT_OF[stage]] = session.run(None, feed)[0]
+        return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tiles", default="32,48,64,80,96,128")
+    parser.add_argument("--batches", default="1,2,4", help="batches measured at 64x64 tiles")
+    parser.add_argument("--runs", type=int, default=10)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", default="benchmarks/results/tile_shape.json")
+    args = parser.parse_args()
+    shapes = [(int(t), 1) for t in args.tiles.split(",")]
+    shapes += [(64, int(b)) for b in args.batches.split(",") if int(b) != 1]
+    with tempfile.TemporaryDirectory() as tmp:
+        pipelines = {
+            shape: Pipeline(export_shape(Path(tmp), *shape), *shape, args.threads) for shape in shapes
+        }
+        times: dict[tuple[int, int], list[float]] = {shape: [] for shape in shapes}
+        for pipeline in pipelines.values():  # warm-up
+            pipeline.run()
+        for _ in range(args.runs):
+            for shape, pipeline in pipelines.items():
+                times[shape].append(pipeline.run())
+    rows: list[dict[str, Any]] = []
+    for (tile, batch), runs in times.items():
+        per_tile = statistics.median(runs) / batch
+        rows.append(
+            {
+                "tile": tile,
+                "batch": batch,
+                "ms_per_call": statistics.median(runs) * 1000,
+                "ms_per_tile": per_tile * 1000,
+                "us_per_lr_pixel": per_tile / tile**2 * 1e6,
+                "photo_seconds": {name: tile_count(shape, tile) * per_tile for name, shape in PHOTOS.items()},
+                "photo_tiles": {name: tile_count(shape, tile) for name, shape in PHOTOS.items()},
+            }
+        )
+        photo = ", ".join(f"{k} {v:.1f} s" for k, v in rows[-1]["photo_seconds"].items())
+        pixel = rows[-1]["us_per_lr_pixel"]
+        print(f"tile {tile} batch {batch}: {per_tile * 1000:.1f} ms/tile, {pixel:.1f} us/LR px; {photo}")
+    result = {"threads": args.threads, "runs": args.runs, "overlap": "tile/8", "rows": rows}
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
