@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from mor_edge.model import MoRSR
+
 PHOTOS = {"512x384": (384, 512), "1 MP (1152x864)": (864, 1152)}
 OUTPUT_OF = {"encoder": "latent", "unet": "x0", "decoder": "image"}
 
@@ -35,28 +37,20 @@ def tile_count(shape: tuple[int, int], tile: int) -> int:
     return math.prod(len(positions(side, tile, tile // 8)) for side in shape)
 
 
-def export_shape(folder: Path, tile: int, batch: int) -> dict[str, Path]:
-    """The three image stages of the built-in model for `batch` tiles of `tile` LR pixels."""
-    from mor_edge.builtin import builtin_model
+def export_shape(model: MoRSR, folder: Path, tile: int, batch: int) -> dict[str, Path]:
+    """The three image stages of `model` for `batch` tiles of `tile` LR pixels."""
     from mor_edge.export.onnx_export import OnnxTarget
     from mor_edge.export.stages import StageModule
     from mor_edge.resize import bicubic_as_matmul
-    from mor_edge.stage_contract import StageSpec, TensorSpec, stage_specs
+    from mor_edge.stage_contract import stage_specs
 
-    def batched(spec: StageSpec) -> StageSpec:
-        def widen(t: TensorSpec) -> TensorSpec:
-            return dataclasses.replace(t, shape=(batch, *t.shape[1:])) if t.name != "s" else t
-
-        return StageSpec(spec.name, tuple(map(widen, spec.inputs)), tuple(map(widen, spec.outputs)))
-
-    model = builtin_model().eval()
     model.config = dataclasses.replace(model.config, lr_size=tile)
-    specs = stage_specs(model.config, "base")
+    specs = stage_specs(model.config, "base", batch)
     paths = {}
     for stage in OUTPUT_OF:
         paths[stage] = folder / f"{stage}-{tile}-b{batch}.onnx"
         with bicubic_as_matmul():
-            OnnxTarget().export_stage(StageModule(model, stage, "base"), batched(specs[stage]), paths[stage])
+            OnnxTarget().export_stage(StageModule(model, stage, "base"), specs[stage], paths[stage])
     return paths
 
 
@@ -95,9 +89,12 @@ def main() -> None:
     args = parser.parse_args()
     shapes = [(int(t), 1) for t in args.tiles.split(",")]
     shapes += [(64, int(b)) for b in args.batches.split(",") if int(b) != 1]
+    from mor_edge.builtin import builtin_model
+
+    model = builtin_model().eval()
     with tempfile.TemporaryDirectory() as tmp:
         pipelines = {
-            shape: Pipeline(export_shape(Path(tmp), *shape), *shape, args.threads) for shape in shapes
+            shape: Pipeline(export_shape(model, Path(tmp), *shape), *shape, args.threads) for shape in shapes
         }
         times: dict[tuple[int, int], list[float]] = {shape: [] for shape in shapes}
         for pipeline in pipelines.values():  # warm-up
