@@ -9,7 +9,9 @@ numpy only: a runtime-only install runs this without PyTorch.
 from __future__ import annotations
 
 import abc
+import functools
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -68,6 +70,13 @@ class Runtime(abc.ABC):
     def describe(self) -> dict[str, Any]:
         """What was run, for reports: runtime, version, threads."""
         return {"runtime": self.name, "threads": self.threads}
+
+    def load_graph(self, path: Path) -> tuple[Callable[[dict[str, np.ndarray]], list[np.ndarray]], Signature]:
+        """Another tool's graph file loaded with this runtime's settings (threads, optimisation
+        level), unchecked: benchmarks time other exports of a model on equal terms. Returns
+        its call and its inputs."""
+        session = self._load(path, None)
+        return functools.partial(self._run, session), self.signature(session)[0]
 
     def session(self, stage: str, bucket: int | None = None) -> Any:
         """The loaded stage file, refused unless its inputs and outputs are the manifest's

@@ -6,7 +6,7 @@ import functools
 import os
 import platform
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -31,6 +31,23 @@ def time_call(fn: Callable[[], Any], warmup: int, runs: int) -> dict[str, float]
         "min_ms": float(np.min(times)),
         "runs": runs,
     }
+
+
+def time_alternating(calls: Mapping[str, Callable[[], Any]], warmup: int, runs: int) -> dict[str, float]:
+    """Median ms of each call, the calls made in turn each round (the order rotated), so that
+    a slow spell of a shared machine falls on all of them: ratios between them hold better
+    than ones between back-to-back `time_call`s."""
+    names = list(calls)
+    for _ in range(warmup):
+        for name in names:
+            calls[name]()
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(runs):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            t0 = time.perf_counter()
+            calls[name]()
+            times[name].append((time.perf_counter() - t0) * 1000)
+    return {n: float(np.median(t)) for n, t in times.items()}
 
 
 def machine() -> dict[str, Any]:

@@ -19,7 +19,7 @@ from mor_edge.stage_contract import Signature
 
 from .base import Runtime
 
-_DTYPE_NAMES = {"f32": "float32", "f16": "float16"}
+_DTYPE_NAMES = {"f32": "float32", "f16": "float16", "i64": "int64"}
 
 
 def default_cache_dir() -> Path:
@@ -66,7 +66,8 @@ class OpenVinoRuntime(Runtime):
 
 def model_signature(model: Any) -> tuple[Signature, Signature]:
     """A read or compiled model's (inputs, outputs) as (name, shape, dtype), for the stage
-    contract's check (the runtime reads its compiled models the same way)."""
+    contract's check (the runtime reads its compiled models the same way). A dynamic
+    dimension reads -1, which no contract has."""
 
     def name(port: Any) -> str:
         """A port can carry several tensor names (the graph's `s` and an inner `/Cast_output_0`):
@@ -78,7 +79,7 @@ def model_signature(model: Any) -> tuple[Signature, Signature]:
         return [
             (
                 name(p),
-                tuple(int(d) for d in p.get_partial_shape().to_shape()),
+                tuple(d.get_length() if d.is_static else -1 for d in p.get_partial_shape()),
                 _DTYPE_NAMES.get(p.get_element_type().get_type_name(), "other"),
             )
             for p in ports

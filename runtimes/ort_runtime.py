@@ -14,7 +14,7 @@ from mor_edge.stage_contract import Signature
 
 from .base import Runtime
 
-_DTYPE_NAMES = {"tensor(float)": "float32", "tensor(float16)": "float16"}
+_DTYPE_NAMES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int64)": "int64"}
 
 
 PROVIDERS = {
