@@ -5,10 +5,10 @@ tiny: the built-in model exported with the CLI defaults (static, 16 buckets; int
 (PSNR against the FP32 reference, PSNR-Y against HR on the evaluation photos) and
 `run_bench` (per stage and end to end, median of `--runs`).
 
-sd21: the UNet stage alone at 512x512 output (64x64 latents) with seeded random weights
-("random weights are fine for speed"): float IR, and NNCF INT8 calibrated on latents the
-reference encoder made from degraded photos; OpenVINO only (ORT's calibrator holds every
-activation of a 3.4 GB graph in memory).
+sd21: the whole pipeline at 512x512 output with seeded random weights ("random weights are
+fine for speed"), one static bucket, exported to OpenVINO FP32 and INT8 (NNCF, calibrated on
+degraded photos the reference ran); OpenVINO only (ORT's calibrator holds every activation of
+a 3.4 GB graph in memory).
 
     python benchmarks/int8_latency.py --presets tiny sd21 --out benchmarks/results/int8_latency.json
 """
@@ -22,8 +22,6 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
-
-import torch
 
 TINY = [
     ("onnx", "fp32"),
@@ -80,64 +78,57 @@ def tiny(root: Path, runs: int) -> dict[str, Any]:
     return results
 
 
-def sd21_unet(root: Path, runs: int, calibration_samples: int) -> dict[str, Any]:
-    import openvino as ov
-
+def sd21_pipeline(root: Path, runs: int, calibration_samples: int) -> dict[str, Any]:
+    """OpenVINO FP32 and INT8 artifacts of the whole sd21 pipeline (one static bucket: latency
+    does not depend on which), exported the way `mor-edge export` does; every stage timed
+    with the two artifacts in alternating rounds, and INT8's output against FP32's."""
     from mor_edge.builtin import random_model
+    from mor_edge.calib.sampling import build_calibration_set
     from mor_edge.config import sd21_config
-    from mor_edge.data import degraded_pairs
-    from mor_edge.export.onnx_export import OnnxTarget
-    from mor_edge.export.openvino_export import OpenVinoTarget
-    from mor_edge.export.stages import StageModule
-    from mor_edge.routing import apply_routing, clear_routing
-    from mor_edge.runtimes.latency import time_call
-    from mor_edge.stage_contract import stage_specs
+    from mor_edge.evaluation import psnr
+    from mor_edge.export.exporter import export
+    from mor_edge.routing import Buckets
+    from mor_edge.runtimes.latency import time_alternating
+    from mor_edge.runtimes.registry import load_runtime
 
-    model = random_model(sd21_config(label="random sd21"), seed=0).eval()
-    spec = stage_specs(model.config, "base")["unet"]
-    pairs = degraded_pairs(model.config.sr_size, calibration_samples, seed=0, subset="train")
-    with torch.no_grad():
-        s = model.route(pairs.lr)
-        samples = []
-        for i in range(calibration_samples):
-            z = model.encode(model.upsample(pairs.lr[i : i + 1]), s[i : i + 1])
-            samples.append({"latent": z.numpy()})
-    # one fixed expert mask folded in (a static bucket): latency does not depend on which
-    layers = model.unet_layers()
-    apply_routing(layers, torch.full((1, s.shape[1]), 0.5))
-    weights = {n: layer.rank_weights[0] for n, layer in layers.items() if layer.rank_weights is not None}
-    clear_routing(layers)
-    for name, layer in layers.items():
-        layer.merge(weights[name])
-    source = root / "unet.onnx"
+    model = random_model(sd21_config(label="random sd21"), seed=0)
+    buckets = Buckets.grid(1, len(model.config.prompt_pairs))
     t0 = time.perf_counter()
-    OnnxTarget().export_stage(StageModule(model, "unet", "base"), spec, source)
-    onnx_s = time.perf_counter() - t0
-    del model
-    target = OpenVinoTarget()
-    fp32 = root / "unet.fp32.xml"
-    ov.save_model(ov.convert_model(str(source)), str(fp32), compress_to_fp16=False)
-    int8 = root / "unet.int8.xml"
-    t0 = time.perf_counter()
-    target.quantize_stage(source, int8, samples, float_nodes=set())
-    quantize_s = time.perf_counter() - t0
-    core = ov.Core()
-    config = {
-        "INFERENCE_NUM_THREADS": 2,
-        "NUM_STREAMS": 1,
-        "PERFORMANCE_HINT": "LATENCY",
-        "INFERENCE_PRECISION_HINT": "f32",
-    }
+    calibration = build_calibration_set(
+        model, calibration_samples, bucket_levels=1, routings=("static",), progress=False
+    )
     out: dict[str, Any] = {
-        "onnx_export_s": onnx_s,
-        "nncf_quantize_s": quantize_s,
         "calibration_samples": calibration_samples,
+        "calibration_s": time.perf_counter() - t0,
     }
-    for name, path in (("fp32", fp32), ("int8", int8)):
-        compiled: Any = core.compile_model(str(path), "CPU", config)
-        out[name] = time_call(functools.partial(compiled, samples[0]), warmup=1, runs=runs)
-        print("sd21 unet", name, json.dumps(out[name]), flush=True)
-    out["int8_speedup"] = out["fp32"]["median_ms"] / out["int8"]["median_ms"]
+    for precision in ("fp32", "int8"):
+        t0 = time.perf_counter()
+        export(
+            model,
+            root / f"sd21-{precision}",
+            target="openvino",
+            precision=precision,
+            buckets=buckets,
+            calibration=calibration if precision == "int8" else None,
+            progress=False,
+        )
+        out[f"{precision}_export_s"] = time.perf_counter() - t0
+    del model
+    runtimes = {p: load_runtime(root / f"sd21-{p}") for p in ("fp32", "int8")}
+    fp32 = runtimes["fp32"]
+    values: dict[str, Any] = {"lr": fp32.specs["router"].dummy_inputs()["lr"]}
+    values["s"] = fp32.route(values["lr"])
+    for stage, output in (("encoder", "latent"), ("unet", "x0"), ("decoder", "image")):
+        calls = {p: functools.partial(r.run_stage, stage, values, 0) for p, r in runtimes.items()}
+        median = time_alternating(calls, warmup=1, runs=runs)
+        out[stage] = {**median, "int8_speedup": median["fp32"] / median["int8"]}
+        values[output] = calls["fp32"]()
+        print("sd21", stage, json.dumps(out[stage]), flush=True)
+    images = {p: r.run(values["lr"], values["s"]) for p, r in runtimes.items()}
+    out["int8_vs_fp32_psnr_db"] = psnr(images["fp32"], images["int8"])
+    totals = {p: sum(out[st][p] for st in ("encoder", "unet", "decoder")) for p in runtimes}
+    out["image_stages_ms"] = totals
+    out["int8_speedup"] = totals["fp32"] / totals["int8"]
     return out
 
 
@@ -160,7 +151,7 @@ def main() -> None:
         if "tiny" in args.presets:
             results["tiny"] = tiny(Path(tmp), args.runs)
         if "sd21" in args.presets:
-            results["sd21_unet"] = sd21_unet(Path(tmp), args.sd21_runs, args.sd21_calibration)
+            results["sd21"] = sd21_pipeline(Path(tmp), args.sd21_runs, args.sd21_calibration)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {args.out}")

@@ -166,6 +166,12 @@ class TrainingData:
         )
 
 
+def layout(model: MoRSR, memory_format: torch.memory_format) -> MoRSR:
+    """`model` with its 4-D weights in `memory_format` (in place)."""
+    # Module.to takes memory_format at run time; torch's stubs do not list it.
+    return model.to(memory_format=memory_format)  # type: ignore[call-overload]
+
+
 def is_grey(photo: np.ndarray) -> bool:
     return bool((photo[..., 0] == photo[..., 1]).all() and (photo[..., 1] == photo[..., 2]).all())
 
@@ -204,6 +210,10 @@ class StageLoss(nn.Module):
         self, lr: torch.Tensor, hr: torch.Tensor, labels: torch.Tensor, router_lr: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         model = self.model
+        # channels-last activations, as the weights are (`Trainer.run`)
+        lr, hr = (t.contiguous(memory_format=torch.channels_last) for t in (lr, hr))
+        if router_lr is not None:
+            router_lr = router_lr.contiguous(memory_format=torch.channels_last)
         if self.stage == "estimator":
             bce = F.binary_cross_entropy(model.route(lr).clamp(1e-6, 1 - 1e-6), labels)
             return bce, {"bce": bce.detach()}
@@ -332,6 +342,10 @@ class Trainer:
         if resumed is not None:
             self.state = {k: resumed[k] for k in ("stage", "step", "done")}
         torch.manual_seed(self.config.seed + self.state["step"])
+        # Channels-last convolutions (oneDNN's native layout) make a base step faster on this
+        # CPU: 0.375 against 0.40 s on a fast day, 0.41 against 0.68 s on a slow one (README).
+        # The model is handed back contiguous.
+        layout(self.model, torch.channels_last)
         self.log(
             {
                 "event": "start",
@@ -347,7 +361,7 @@ class Trainer:
             with colour_levels(self.model, self.config.colour_levels):
                 self._run_stage(stage, resumed if resumed and resumed["stage"] == stage else None)
             resumed = None
-        model = self.accelerator.unwrap_model(self.model)
+        model = layout(self.accelerator.unwrap_model(self.model), torch.contiguous_format)
         for p in model.parameters():
             p.requires_grad_(False)
         return model.eval()
