@@ -14,11 +14,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
 
 from mor_edge.atomic import atomic_folder
 from mor_edge.errors import UserError
-from mor_edge.model_folder import read_weights_file
+from mor_edge.model_folder import read_weights_file, write_weights_file
 from mor_edge.stage_contract import StageSpec
 
 from .recipe_schema import check_recipe, check_tensors
@@ -92,7 +91,7 @@ class CalibrationSet:
         for routing, named in self.captured.items():
             tensors.update({f"{routing}.{k}": v for k, v in named.items()})
         with atomic_folder(folder, force, kind="calibration set") as tmp:
-            save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp / TENSORS_NAME))
+            write_weights_file(tmp / TENSORS_NAME, tensors)
             (tmp / RECIPE_NAME).write_text(json.dumps(self.recipe, indent=2) + "\n")
         return Path(folder)
 

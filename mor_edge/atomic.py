@@ -26,6 +26,14 @@ from .errors import UserError
 MARKER = ".mor-edge"
 
 
+def honour_umask(path: Path | str) -> None:
+    """Give a file the mode a plain `open` gives: `mkstemp` and safetensors' writer make files
+    private (0600), which leaves a model or artifact unreadable to the user's group."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)
+
+
 def made_by_us(folder: Path) -> bool:
     """True for a folder mor-edge wrote (it holds `MARKER`) or an empty one."""
     return (folder / MARKER).is_file() or (folder.is_dir() and not any(folder.iterdir()))

@@ -23,7 +23,7 @@ from typing import BinaryIO, ClassVar
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .atomic import TEMP_PREFIX, remove_stale_temp_files
+from .atomic import TEMP_PREFIX, honour_umask, remove_stale_temp_files
 from .errors import UserError
 
 INPUT_FORMATS = ("PNG", "JPEG", "MPO", "WEBP", "TIFF", "BMP")
@@ -254,12 +254,6 @@ def check_output_path(path: str | Path) -> Path:
     return path
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 @contextlib.contextmanager
 def atomic_output(path: Path) -> Iterator[BinaryIO]:
     """A temporary file next to `path`, renamed onto it only if the block succeeds (what a
@@ -272,7 +266,7 @@ def atomic_output(path: Path) -> Iterator[BinaryIO]:
     try:
         with os.fdopen(fd, "wb") as f:
             yield f
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes the file private; honour the umask
+        honour_umask(tmp)
         os.replace(tmp, path)
     except OSError as exc:
         Path(tmp).unlink(missing_ok=True)

@@ -18,14 +18,13 @@ from typing import Any
 
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
-from safetensors.torch import save_file
 from torch import nn
 
 from .colour import ColourStep
 from .config import CONFIG_NAME, WEIGHTS_NAME, MoRSRConfig
 from .degradation import DegradationEstimator
 from .injection import InjectionSummary, inject_mor
-from .model_folder import ModelFolderError, check_weights, read_config, read_weights
+from .model_folder import ModelFolderError, check_weights, read_config, read_weights, write_weights_file
 from .mor_layers import MoRLayer
 from .resize import BicubicUpsample
 from .routing import Buckets, Routing, apply_routing, clear_routing, mor_layers
@@ -203,8 +202,7 @@ class MoRSR(nn.Module):
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         self.config.save(folder / CONFIG_NAME)
-        state = {k: v.detach().contiguous() for k, v in self.state_dict().items()}
-        save_file(state, str(folder / WEIGHTS_NAME), metadata={"format": "pt", "mor_edge": "1"})
+        write_weights_file(folder / WEIGHTS_NAME, self.state_dict(), {"format": "pt", "mor_edge": "1"})
 
     @classmethod
     def from_pretrained(cls, folder: str | Path) -> MoRSR:

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from .atomic import honour_umask
 from .config import CONFIG_NAME, WEIGHTS_NAME, MoRSRConfig
 from .config_schema import check_config
 from .errors import UserError
@@ -68,6 +69,17 @@ def read_weights_file(path: Path) -> dict[str, torch.Tensor]:
         return load_file(str(path))
     except Exception as exc:  # safetensors raises its own error types for damaged files
         raise ModelFolderError(f"{path}: damaged safetensors file ({str(exc)[:120]})") from None
+
+
+def write_weights_file(
+    path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None
+) -> None:
+    """Write tensors as safetensors with the mode a plain `open` gives (safetensors' writer
+    makes the file private, 0600, which hides a model or checkpoint from the user's group)."""
+    from safetensors.torch import save_file
+
+    save_file({k: v.detach().contiguous() for k, v in tensors.items()}, str(path), metadata=metadata)
+    honour_umask(path)
 
 
 def check_weights(weights: dict[str, torch.Tensor], expected: dict[str, Any], where: Path) -> None:

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 from tqdm import tqdm
 
@@ -42,6 +42,7 @@ from .dead_leaves import colour_palette, dead_leaves_images
 from .degradations import SEVERITIES, degrade
 from .image_io import folder_images
 from .model import MoRSR
+from .model_folder import write_weights_file
 from .photos import training_photos
 from .routing import load_balancing_loss, routing_stats
 
@@ -272,10 +273,10 @@ def save_optimizer(optimizer: torch.optim.Optimizer, path: Path) -> dict[str, An
     for idx, entry in state["state"].items():
         for key, value in entry.items():
             if isinstance(value, torch.Tensor):
-                tensors[f"{idx}.{key}"] = value.detach().contiguous()
+                tensors[f"{idx}.{key}"] = value
             else:
                 scalars.setdefault(str(idx), {})[key] = value
-    save_file(tensors, str(path))
+    write_weights_file(path, tensors)
     return {"param_groups": state["param_groups"], "scalars": scalars}
 
 

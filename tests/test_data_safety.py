@@ -13,12 +13,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 from PIL import Image
 
 from mor_edge.atomic import MARKER, atomic_folder, claim
 from mor_edge.cli import main
 from mor_edge.errors import UserError
+from mor_edge.model import MoRSR
+from mor_edge.model_folder import write_weights_file
 
 from .fixtures import snapshot
 
@@ -290,3 +293,19 @@ def test_interrupted_calibrate_leaves_nothing_and_holds_its_destination(tmp_path
     assert proc.returncode == 129, err
     assert "interrupted (SIGHUP)" in err and "Traceback" not in err
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_written_weights_get_the_umask_mode_not_a_private_one(
+    tmp_path: Path, tiny_model: MoRSR, umask: int
+) -> None:
+    """safetensors' writer makes its files 0600; a saved model, optimizer state or calibration
+    set would then be unreadable to the user's group, unlike every other file written."""
+    old = os.umask(umask)
+    try:
+        tiny_model.save_pretrained(tmp_path / "model")
+        write_weights_file(tmp_path / "t.safetensors", {"x": torch.zeros(2)})
+    finally:
+        os.umask(old)
+    for path in (tmp_path / "model" / "model.safetensors", tmp_path / "t.safetensors"):
+        assert path.stat().st_mode & 0o777 == 0o666 & ~umask
