@@ -68,6 +68,17 @@ NOT_ON_NEURAL_ENGINE = frozenset(
 # 1/127 plus fp16 rounding. 6-bit k-means palettes spend few of their 64 entries on the tails,
 # so the worst element can sit far from its entry (measured up to 0.073 on the tiny model).
 WEIGHT_TOLERANCE = {"fp32": 1e-6, "fp16": 1e-3, "w8": 1.0 / 127, "palette6": 0.15, "w8a8": 1.0 / 127}
+# Below FP16's smallest normal number values are stored at a fixed absolute step (2^-24), so a
+# tensor made only of such values (a norm bias that training left near zero) is judged on the
+# scale of that number, not of its own maximum; every precision but fp32 stores FP16.
+FP16_NORMAL = float(np.finfo(np.float16).tiny)
+WEIGHT_SCALE_FLOOR = {
+    "fp32": 1e-12,
+    "fp16": FP16_NORMAL,
+    "w8": FP16_NORMAL,
+    "palette6": FP16_NORMAL,
+    "w8a8": FP16_NORMAL,
+}
 
 
 def _quiet() -> None:
@@ -137,7 +148,7 @@ class CoreMLTarget:
             model = compress(model, precision, self._samples(spec) if precision == "w8a8" else None)
         model.save(str(path))
         spec.check_io(package_signature(ct.models.MLModel(str(path), skip_model_load=True)), path.name)
-        weights = compare_weights(module, path, WEIGHT_TOLERANCE[precision])
+        weights = compare_weights(module, path, WEIGHT_TOLERANCE[precision], WEIGHT_SCALE_FLOOR[precision])
         self.reports[path.name] = {
             "validation": {"weights": weights, "ops": op_inventory(path), "size_bytes": size_bytes(path)}
         }
@@ -220,9 +231,16 @@ def _core_ml_name(torch_name: str) -> str:
     return re.sub(r"[^0-9A-Za-z]", "_", torch_name)
 
 
-def compare_weights(module: nn.Module, path: Path, tolerance: float) -> dict[str, Any]:
+def relative_error(got: np.ndarray, ref: np.ndarray, scale_floor: float) -> float:
+    """max |got - ref| / max |ref|, the scale not below `scale_floor` (see WEIGHT_SCALE_FLOOR)."""
+    return float(np.abs(got - ref).max() / max(float(np.abs(ref).max()), scale_floor))
+
+
+def compare_weights(
+    module: nn.Module, path: Path, tolerance: float, scale_floor: float = 1e-12
+) -> dict[str, Any]:
     """Every float PyTorch tensor of `module` that the package holds under its traced name,
-    compared elementwise: max |torch - coreml| / max|torch| per tensor."""
+    compared elementwise: `relative_error` per tensor."""
     reference = {
         _core_ml_name(k): v.detach().float().numpy()
         for k, v in module.state_dict().items()
@@ -237,7 +255,7 @@ def compare_weights(module: nn.Module, path: Path, tolerance: float) -> dict[str
             got = by_base.get(name)
             if got is None or got.shape != ref.shape:
                 continue
-            error = float(np.abs(got - ref).max() / max(float(np.abs(ref).max()), 1e-12))
+            error = relative_error(got, ref, scale_floor)
             worst = max(worst, error)
             compared += 1
             if error > tolerance:

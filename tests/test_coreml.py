@@ -8,12 +8,13 @@ import json
 import platform
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
 
 from mor_edge.cli import main
-from mor_edge.export.coreml_export import compare_weights, package_weights
+from mor_edge.export.coreml_export import FP16_NORMAL, compare_weights, package_weights, relative_error
 from mor_edge.export.exporter import export
 from mor_edge.export.manifest import Artifact
 from mor_edge.export.stages import StageModule
@@ -82,6 +83,22 @@ def test_weight_comparison_catches_an_altered_weight(tiny_model: MoRSR, static_f
         altered.vae.decoder.conv_in.weight[0, 0, 0, 0] += 0.05
     report = compare_weights(StageModule(altered, "decoder", "static"), package, 1e-3)
     assert any("decoder_conv_in_weight" in m for m in report["mismatched"])
+
+
+def test_weights_below_the_fp16_normal_range_are_judged_on_its_scale(tiny_model: MoRSR) -> None:
+    """The built-in UNet holds tensors whose every value is below FP16's smallest normal number
+    (norm biases and adapter B matrices near zero); their FP16 rounding is large against their
+    own maximum, small against that number, and a real change is still caught."""
+    state = tiny_model.unet.state_dict()
+    tiny = [v for v in state.values() if v.is_floating_point() and 0 < v.abs().max() < FP16_NORMAL]
+    assert tiny, "the built-in model no longer has such a tensor; the case needs a made-up one"
+    ref = min(tiny, key=lambda v: float(v.abs().max())).float().numpy()
+    stored = ref.astype(np.float16).astype(np.float32)
+    assert relative_error(stored, ref, 1e-12) > 1e-3  # as judged before: a false mismatch
+    assert relative_error(stored, ref, FP16_NORMAL) < 1e-3
+    altered = stored.copy()
+    altered.flat[0] += 1e-6  # a change of 1.6% of FP16_NORMAL
+    assert relative_error(altered, ref, FP16_NORMAL) > 1e-3
 
 
 def test_cli_export_dynamic_w8_flags_routing_ops_and_shrinks_weights(
