@@ -199,7 +199,7 @@ def tiny_config(**overrides: Any) -> MoRSRConfig:
             out_channels=3,
             down_block_types=["DownEncoderBlock2D"] * 3,
             up_block_types=["UpDecoderBlock2D"] * 3,
-            block_out_channels=[16, 32, 64],
+            block_out_channels=[16, 32, 48],
             layers_per_block=1,
             latent_channels=4,
             norm_num_groups=8,
