@@ -70,15 +70,8 @@ NOT_ON_NEURAL_ENGINE = frozenset(
 WEIGHT_TOLERANCE = {"fp32": 1e-6, "fp16": 1e-3, "w8": 1.0 / 127, "palette6": 0.15, "w8a8": 1.0 / 127}
 # Below FP16's smallest normal number values are stored at a fixed absolute step (2^-24), so a
 # tensor made only of such values (a norm bias that training left near zero) is judged on the
-# scale of that number, not of its own maximum; every precision but fp32 stores FP16.
+# scale of that number, not of its own maximum (every precision but fp32 stores FP16).
 FP16_NORMAL = float(np.finfo(np.float16).tiny)
-WEIGHT_SCALE_FLOOR = {
-    "fp32": 1e-12,
-    "fp16": FP16_NORMAL,
-    "w8": FP16_NORMAL,
-    "palette6": FP16_NORMAL,
-    "w8a8": FP16_NORMAL,
-}
 
 
 def _quiet() -> None:
@@ -148,7 +141,9 @@ class CoreMLTarget:
             model = compress(model, precision, self._samples(spec) if precision == "w8a8" else None)
         model.save(str(path))
         spec.check_io(package_signature(ct.models.MLModel(str(path), skip_model_load=True)), path.name)
-        weights = compare_weights(module, path, WEIGHT_TOLERANCE[precision], WEIGHT_SCALE_FLOOR[precision])
+        weights = compare_weights(
+            module, path, WEIGHT_TOLERANCE[precision], 1e-12 if precision == "fp32" else FP16_NORMAL
+        )
         self.reports[path.name] = {
             "validation": {"weights": weights, "ops": op_inventory(path), "size_bytes": size_bytes(path)}
         }
@@ -232,7 +227,7 @@ def _core_ml_name(torch_name: str) -> str:
 
 
 def relative_error(got: np.ndarray, ref: np.ndarray, scale_floor: float) -> float:
-    """max |got - ref| / max |ref|, the scale not below `scale_floor` (see WEIGHT_SCALE_FLOOR)."""
+    """max |got - ref| / max |ref|, the scale not below `scale_floor` (see FP16_NORMAL)."""
     return float(np.abs(got - ref).max() / max(float(np.abs(ref).max()), scale_floor))
 
 
