@@ -4,7 +4,8 @@
 
 Each engine runs the real command in a fresh process (start-up, routing, tiles, PNG writing),
 `--runs` times; the median wall time is kept. Engines: the default (the cached export of the
-built-in model: its first run, which makes the export, is reported apart), `--reference`, and
+built-in model: its first run, which makes the export, is reported apart), the ONNX Runtime
+FP32 export where the default is another (`MOR_EDGE_ENGINE=onnxruntime`), `--reference`, and
 each `--artifact` given. Also reported: seconds per output megapixel, the tiles run, the
 pipeline's MACs per tile (attention included) and the GFLOP/s that makes, against this CPU's
 FP32 GEMM rate measured here with the same threads.
@@ -30,6 +31,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from mor_edge.builtin import load_model
+from mor_edge.engine_cache import ONNX_FP32, engine_kinds
 from mor_edge.model import MoRSR
 from mor_edge.tiling import positions
 
@@ -107,12 +109,17 @@ def main() -> None:
         rows.append(
             {"engine": "default, first run (makes the cached export)", "seconds": first, "ran": engine}
         )
-        engines = [("default (cached export)", []), ("--reference", ["--reference"])]
-        engines += [(f"--artifact {a}", ["--artifact", a]) for a in args.artifact]
-        for name, extra in engines:
+        engines: list[tuple[str, list[str], dict[str, str]]] = [("default (cached export)", [], {})]
+        if engine_kinds()[0] != ONNX_FP32:  # OpenVINO bf16 here: ONNX Runtime FP32 beside it
+            ort = {"MOR_EDGE_ENGINE": "onnxruntime"}
+            timed([exe, "upscale", str(src), str(Path(tmp) / "first.png")], {**env, **ort})  # makes it
+            engines.append(("MOR_EDGE_ENGINE=onnxruntime (cached export)", [], ort))
+        engines.append(("--reference", ["--reference"], {}))
+        engines += [(f"--artifact {a}", ["--artifact", a], {}) for a in args.artifact]
+        for name, extra, more_env in engines:
             kind = "reference" if "--reference" in extra else "export"
             runs = [
-                timed([exe, "upscale", str(src), str(Path(tmp) / "out.png"), *extra], env)
+                timed([exe, "upscale", str(src), str(Path(tmp) / "out.png"), *extra], {**env, **more_env})
                 for _ in range(args.runs)
             ]
             seconds = statistics.median(t for t, _ in runs)

@@ -18,7 +18,7 @@ from mor_edge.schema import Real, Sha256, schema_error
 
 SCHEMA_VERSION = 1
 TARGETS = ("onnx", "openvino", "coreml", "tensorrt")
-PRECISIONS = ("fp32", "fp16", "int8", "w8", "w8a8", "palette6")
+PRECISIONS = ("fp32", "fp16", "bf16", "int8", "w8", "w8a8", "palette6")
 STAGE_NAMES = ("router", "encoder", "unet", "decoder")
 MAX_SIDE = 4096  # of any image or latent tensor a stage takes
 MAX_ELEMENTS = 64 * 1024 * 1024  # per tensor: 256 MB of float32

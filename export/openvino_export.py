@@ -2,7 +2,9 @@
 ONNX graph of the ONNX target (one tracing path for every target).
 
 Precisions: fp32; fp16 (weights stored in FP16, `compress_to_fp16`: the CPU plugin computes
-in FP32, GPU and NPU in FP16); int8 (`nncf.quantize`, default scheme, MIXED
+in FP32, GPU and NPU in FP16); bf16 (the FP32 IR, run by the CPU plugin in bfloat16 where the
+CPU has it natively: a runtime setting, recorded in the manifest; 2x the FP32 speed of the
+built-in model's stages on an AVX512_BF16 CPU, README); int8 (`nncf.quantize`, default scheme, MIXED
 preset, fast bias correction, an ignored scope of the float-only nodes and kept-float layer
 groups); w8 (`nncf.compress_weights` INT8 asymmetric, weight-only, no
 calibration data).
@@ -20,10 +22,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import openvino as ov
 from torch import nn
 
-from mor_edge.runtimes.openvino_runtime import model_signature
+# openvino itself comes through the runtime module, which imports it with telemetry off
+from mor_edge.runtimes.openvino_runtime import model_signature, ov, telemetry_off
 from mor_edge.stage_contract import StageSpec
 
 from .capabilities import Capabilities, ExportSettings
@@ -45,7 +47,7 @@ def ignored_scope(float_nodes: set[str]) -> Any:
 class OpenVinoTarget:
     name = "openvino"
     suffix = ".xml"
-    capabilities = Capabilities(precisions=("fp32", "fp16", "int8", "w8"))
+    capabilities = Capabilities(precisions=("fp32", "fp16", "bf16", "int8", "w8"))
 
     def __init__(self, exporter: str = "torchscript", **onnx_options: Any) -> None:
         self.onnx = OnnxTarget(exporter, **onnx_options)
@@ -55,20 +57,24 @@ class OpenVinoTarget:
         """Nothing to set: IRs are converted from the same ONNX graphs for every setting."""
 
     def describe(self) -> dict[str, object]:
-        import nncf
+        with telemetry_off():
+            import nncf
 
         return {**self.onnx.describe(), "openvino": ov.__version__, "nncf": nncf.__version__}
 
     def export_stage(
         self, module: nn.Module, spec: StageSpec, path: Path, precision: str = "fp32"
     ) -> list[Path]:
-        """Float IR: ONNX export (fp32), conversion, weights compressed to FP16 for fp16."""
+        """Float IR: ONNX export (fp32), conversion, weights compressed to FP16 for fp16 (bf16
+        keeps FP32 weights: the CPU plugin converts them when it compiles for bf16)."""
         scratch = path.parent / f".{path.stem}.ov-scratch"
         scratch.mkdir()
         try:
             source = scratch / "model.onnx"
             self.onnx.export_stage(module, spec, source, "fp32")
-            ov.save_model(ov.convert_model(str(source)), str(path), compress_to_fp16=precision == "fp16")
+            with telemetry_off():
+                model = ov.convert_model(str(source))
+            ov.save_model(model, str(path), compress_to_fp16=precision == "fp16")
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
         return self.finish(path, spec)
@@ -78,6 +84,10 @@ class OpenVinoTarget:
         Attention's activation-by-activation MatMuls stay in float, as for ONNX Runtime:
         quantized, they made the tiny UNet slower than FP32 (95 against 72 ms; 66 ms kept in
         float, measured with alternating runs)."""
+        with telemetry_off():
+            self._quantize(source, path, samples, float_nodes)
+
+    def _quantize(self, source: Path, path: Path, samples: list[Sample], float_nodes: set[str]) -> None:
         import nncf
 
         from mor_edge.calib.feeders import nncf_dataset
@@ -101,14 +111,15 @@ class OpenVinoTarget:
 
     def compress_weights(self, source: Path, path: Path, float_nodes: set[str]) -> None:
         """Weight-only INT8 (asymmetric, per channel); activations stay in float."""
-        import nncf
+        with telemetry_off():
+            import nncf
 
-        nncf.set_log_level(logging.ERROR)
-        compressed = nncf.compress_weights(
-            ov.convert_model(str(source)),
-            mode=nncf.CompressWeightsMode.INT8_ASYM,
-            ignored_scope=ignored_scope(float_nodes),
-        )
+            nncf.set_log_level(logging.ERROR)
+            compressed = nncf.compress_weights(
+                ov.convert_model(str(source)),
+                mode=nncf.CompressWeightsMode.INT8_ASYM,
+                ignored_scope=ignored_scope(float_nodes),
+            )
         ov.save_model(compressed, str(path), compress_to_fp16=False)
 
     def runner(self, path: Path) -> Callable[[Sample], np.ndarray]:

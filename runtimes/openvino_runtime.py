@@ -1,23 +1,49 @@
 """OpenVINO adapter (CPU): one compiled model per stage file, latency-oriented settings.
 
-Threads are `INFERENCE_NUM_THREADS`, one stream (single-image latency), inference precision
-f32 for every IR (the CPU plugin would otherwise pick bf16 on CPUs that have it, which
-parity would see as error), and a model cache so a second run skips compilation.
+Threads are `INFERENCE_NUM_THREADS`, one stream (single-image latency) and a model cache so
+a second run skips compilation. Inference precision is the artifact's: f32 for every IR but
+a `bf16` artifact's image stages, which run in bfloat16 where the CPU computes it natively
+(AVX512_BF16 or AMX; the CPU plugin would otherwise pick bf16 on such CPUs for every artifact,
+which parity would see as error). The router always runs in f32: its scores pick the experts.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import openvino as ov
 
 from mor_edge.export.manifest import Artifact
 from mor_edge.stage_contract import Signature
 
 from .base import Runtime
+
+__all__ = ["OpenVinoRuntime", "cpu_has_bf16", "model_signature", "ov", "telemetry_off"]
+
+
+@contextlib.contextmanager
+def telemetry_off() -> Iterator[None]:
+    """OpenVINO (at import and in its converter) and NNCF send usage data to Google Analytics
+    from a child process, except in CI (they pass `disable_in_ci`, which reads CI=true):
+    mor-edge uses no network, and offline that child printed a traceback in the middle of an
+    export. CI=true while the block runs, restored after; the decision holds for the process."""
+    saved = os.environ.get("CI")
+    os.environ["CI"] = "true"
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("CI", None)
+        else:
+            os.environ["CI"] = saved
+
+
+with telemetry_off():
+    import openvino as ov
 
 _DTYPE_NAMES = {"f32": "float32", "f16": "float16", "i64": "int64"}
 
@@ -43,15 +69,16 @@ class OpenVinoRuntime(Runtime):
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         self.core.set_property({"CACHE_DIR": str(self.cache_dir)})
-        self.config = {
-            "INFERENCE_NUM_THREADS": self.threads,
-            "NUM_STREAMS": 1,
-            "PERFORMANCE_HINT": "LATENCY",
-            "INFERENCE_PRECISION_HINT": "f32",
-        }
+        self.config = {"INFERENCE_NUM_THREADS": self.threads, "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY"}
+        self.router_file = artifact.stage_file("router")[0]
+        self.image_precision = "f32"
+        if artifact.precision == "bf16":
+            self.image_precision = "bf16" if cpu_has_bf16(device) else "f32 (no bf16 on this CPU)"
 
     def _load(self, path: Path, function: str | None) -> Any:
-        return self.core.compile_model(str(path), self.device, self.config)
+        precision = "f32" if path == self.router_file else self.image_precision.split()[0]
+        config = {**self.config, "INFERENCE_PRECISION_HINT": precision}
+        return self.core.compile_model(str(path), self.device, config)
 
     def _run(self, session: Any, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
         result = session(inputs)
@@ -61,7 +88,18 @@ class OpenVinoRuntime(Runtime):
         return model_signature(session)
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "version": ov.__version__, "device": self.device, "streams": 1}
+        return {
+            **super().describe(),
+            "version": ov.__version__,
+            "device": self.device,
+            "streams": 1,
+            "inference_precision": self.image_precision,
+        }
+
+
+def cpu_has_bf16(device: str = "CPU") -> bool:
+    """Whether `device` computes bfloat16 natively (OpenVINO's own reading of the CPU)."""
+    return "BF16" in ov.Core().get_property(device, "OPTIMIZATION_CAPABILITIES")
 
 
 def model_signature(model: Any) -> tuple[Signature, Signature]:

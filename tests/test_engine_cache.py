@@ -17,7 +17,7 @@ from PIL import Image
 import mor_edge
 from mor_edge.builtin import random_model
 from mor_edge.cli import main
-from mor_edge.engine_cache import DEFAULT_KIND, cache_folder, lookup
+from mor_edge.engine_cache import ONNX_FP32, cache_folder, engine_kinds, lookup
 from mor_edge.export.manifest import Artifact
 from mor_edge.model import MoRSR, model_fingerprint
 from mor_edge.runtimes.parity import GATES
@@ -56,25 +56,33 @@ def test_default_engine_is_the_cached_export_made_once(
     default_engine: Path, tmp_path: Path, tiny_model: MoRSR, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     src = photo(tmp_path / "in.png")
-    folder = cache_folder(None)
+    kinds = engine_kinds()  # OpenVINO bf16 first where this CPU has bfloat16, then ORT FP32
+    kind, last = kinds[0], kinds[-1]
+    folder = cache_folder(None, kind)
     assert folder is not None
     with monkeypatch.context() as strict:  # an export that fails its parity gates is not used
-        strict.setitem(GATES, "fp32", {**GATES["fp32"], "end_to_end_psnr_db": 1000.0})
+        strict.setitem(GATES, kind.precision, {**GATES[kind.precision], "end_to_end_psnr_db": 1000.0})
         code, _, err = upscale(str(src), str(tmp_path / "refused.png"))
     assert code == 0, err
-    assert "engine: PyTorch reference" in err and "failed its parity check (end_to_end: PSNR" in err
-    assert not folder.exists() and [p.name for p in folder.parent.iterdir()] == []
+    assert not folder.exists()
+    if kind == last:  # nothing else to try: the reference runs, saying why
+        assert "engine: PyTorch reference" in err and "failed its parity check (end_to_end: PSNR" in err
+        assert [p.name for p in folder.parent.iterdir()] == []
+    else:  # the next kind is made and used
+        fallback = cache_folder(None, last)
+        assert fallback is not None and fallback.is_dir()
+        assert f"engine: {last.runtime_module}" in err and str(fallback) in err
+        assert [p.name for p in folder.parent.iterdir()] == [fallback.name]
 
     code, _, err = upscale(str(src), str(tmp_path / "first.png"))
     assert code == 0, err
-    assert "first run of this model" in err and "engine: onnxruntime" in err and str(folder) in err
+    assert "first run of this model" in err and f"engine: {kind.runtime_module}" in err and str(folder) in err
+    if kind.precision == "bf16":  # the engine line says what OpenVINO computed in
+        assert "(CPU, bf16, " in err
     artifact = Artifact(folder)  # hashes checked
     assert artifact.checked.model.hash == model_fingerprint(tiny_model)
-    assert (artifact.target, artifact.routing, artifact.precision) == (
-        DEFAULT_KIND.target,
-        DEFAULT_KIND.routing,
-        DEFAULT_KIND.precision,
-    )
+    made_as = (artifact.target, artifact.routing, artifact.precision)
+    assert made_as == (kind.target, kind.routing, kind.precision)
     made = sorted((p.name, p.stat().st_mtime_ns) for p in folder.iterdir())
 
     # Found again, without importing PyTorch (the cache is keyed by the model's files).
@@ -99,17 +107,17 @@ def test_default_engine_is_the_cached_export_made_once(
     decoder.write_bytes(decoder.read_bytes()[:-16] + bytes(16))
     # A damaged entry is not trusted: found broken, it is removed, and the next run makes it
     # again the way the first run did above (not repeated here: a minute of the suite).
-    assert lookup(None) is None and not folder.exists()
+    assert lookup(None, kind) is None and not folder.exists()
 
 
 def test_the_cache_is_keyed_by_the_model_files(tmp_path: Path) -> None:
     random_model(seed=1).save_pretrained(tmp_path / "other")
-    builtin, other = cache_folder(None), cache_folder(str(tmp_path / "other"))
+    builtin, other = cache_folder(None, ONNX_FP32), cache_folder(str(tmp_path / "other"), ONNX_FP32)
     assert builtin is not None and other is not None and builtin.parent == other.parent
-    assert builtin != other and other.name.endswith(f"{DEFAULT_KIND.tag}-v{mor_edge.__version__}")
+    assert builtin != other and other.name.endswith(f"{ONNX_FP32.tag}-v{mor_edge.__version__}")
     (tmp_path / "other" / "model.safetensors").write_bytes(b"changed")
-    assert cache_folder(str(tmp_path / "other")) != other
-    assert cache_folder(str(tmp_path / "missing")) is None  # loading the model reports why
+    assert cache_folder(str(tmp_path / "other"), ONNX_FP32) != other
+    assert cache_folder(str(tmp_path / "missing"), ONNX_FP32) is None  # loading the model reports why
 
 
 @pytest.mark.parametrize(
@@ -133,8 +141,9 @@ def test_a_missing_runtime_falls_back_to_the_reference(
     default_engine: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     real = importlib.util.find_spec
+    missing = ("onnxruntime", "openvino")
     monkeypatch.setattr(
-        importlib.util, "find_spec", lambda name, *a: None if name == "onnxruntime" else real(name, *a)
+        importlib.util, "find_spec", lambda name, *a: None if name in missing else real(name, *a)
     )
     code, _, err = upscale(str(photo(tmp_path / "in.png", (40, 32))), str(tmp_path / "out.png"))
     assert code == 0, err
@@ -142,9 +151,11 @@ def test_a_missing_runtime_falls_back_to_the_reference(
 
 
 def test_a_cache_another_process_is_building_is_not_waited_for(
-    default_engine: Path, tmp_path: Path, tiny_model: MoRSR
+    default_engine: Path, tmp_path: Path, tiny_model: MoRSR, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    folder = cache_folder(None)
+    monkeypatch.setenv("MOR_EDGE_ENGINE", "onnxruntime")  # the one kind: nothing to fall back on
+    assert engine_kinds() == [ONNX_FP32]
+    folder = cache_folder(None, ONNX_FP32)
     assert folder is not None
     staging = folder.parent / f"{folder.name}.unchecked"
     staging.parent.mkdir(parents=True)

@@ -7,6 +7,9 @@ Static exports here use one bucket (`--bucket-levels 1`) so each stage is one gr
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -281,3 +284,75 @@ def test_an_input_port_with_two_names_is_read_by_the_graphs_own(tmp_path: Path) 
     model = ov.convert_model(str(tmp_path / "g.onnx"))
     assert model.inputs[0].get_names() == {"s", "/Cast_10_output_0"}
     assert model_signature(model) == ([("s", (1, 4), "float32")], [("y", (1, 4), "float32")])
+
+
+def test_openvino_bf16_runs_the_image_stages_in_bfloat16_where_the_cpu_has_it(
+    tiny_model: MoRSR, tmp_path: Path
+) -> None:
+    """bf16 is the FP32 IR compiled for bfloat16: the image stages' compiled models say bf16 on
+    a CPU that computes it natively (f32 elsewhere, and the runtime says why); the router
+    stays f32; the picture passes the bf16 gates (58.5 dB end to end on the built-in model)."""
+    from mor_edge.runtimes.openvino_runtime import cpu_has_bf16
+
+    folder = export(
+        tiny_model, tmp_path / "bf16", target="openvino", precision="bf16", buckets=ONE_BUCKET, progress=False
+    )
+    runtime = load_runtime(folder, threads=1)
+    native = cpu_has_bf16()
+    ran = {
+        stage: runtime.session(stage, 0 if stage in ("encoder", "unet") else None)
+        .get_property("INFERENCE_PRECISION_HINT")
+        .get_type_name()
+        for stage in ("router", "encoder", "unet", "decoder")
+    }
+    image = "bf16" if native else "f32"
+    assert ran == {"router": "f32", "encoder": image, "unet": image, "decoder": image}
+    assert runtime.describe()["inference_precision"] == ("bf16" if native else "f32 (no bf16 on this CPU)")
+    report = run_parity(runtime, tiny_model, samples=2)
+    assert report["passed"], report["failures"]
+    assert report["router"]["psnr_db"] > 100  # FP32: the routing is exact
+    if native:  # bfloat16 really ran: not the FP32 graph's 130+ dB
+        assert 40 <= report["end_to_end"]["psnr_db"] < 90, report["end_to_end"]
+
+
+TELEMETRY_PROBE = """
+import os, sys, time
+os.environ.pop("CI", None)
+import openvino_telemetry as tm
+import openvino_telemetry.backend.backend_ga4 as ga4
+sent = []
+ga4.GA4Backend.send = lambda self, message: sent.append(message)  # nothing leaves the machine
+if sys.argv[1] == "bare":
+    import openvino as ov
+    ov.convert_model(sys.argv[2])
+else:
+    from mor_edge.builtin import random_model
+    from mor_edge.export.exporter import export
+    from mor_edge.routing import Buckets
+    export(random_model(), sys.argv[2], target="openvino", buckets=Buckets.grid(1, 4), progress=False)
+time.sleep(1)  # the sender is a thread pool
+print(tm.Telemetry().consent, len(sent))
+"""
+
+
+def test_openvino_exports_send_no_telemetry(tmp_path: Path) -> None:
+    """OpenVINO (at import and in its converter) and NNCF would send usage data (offline, a
+    child process printed a traceback mid-export): mor-edge's export turns it off. The bare
+    converter, as a control, sends."""
+    graph = tmp_path / "g.onnx"
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])
+    relu = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [x], [y])
+    onnx.save(helper.make_model(relu), graph)
+    env = {k: v for k, v in os.environ.items() if k != "CI"}
+    runs = {
+        how: subprocess.run(
+            [sys.executable, "-c", TELEMETRY_PROBE, how, str(where)], capture_output=True, text=True, env=env
+        )
+        for how, where in (("bare", graph), ("export", tmp_path / "artifact"))
+    }
+    for done in runs.values():
+        assert done.returncode == 0, done.stderr
+    consent, sent = runs["bare"].stdout.split()
+    assert consent == "True" and int(sent) > 0
+    assert runs["export"].stdout.split() == ["False", "0"]

@@ -43,9 +43,10 @@ from .formatting import print_bench, print_parity, print_quantization, print_val
 )
 @click.option(
     "--precision",
-    type=click.Choice(["fp32", "fp16", "int8", "w8", "palette6", "w8a8"]),
+    type=click.Choice(["fp32", "fp16", "bf16", "int8", "w8", "palette6", "w8a8"]),
     default=None,
-    help="Default: fp16 for coreml and tensorrt, fp32 otherwise. int8 (onnx, openvino, "
+    help="Default: fp16 for coreml and tensorrt, fp32 otherwise. bf16 (openvino): the FP32 "
+    "IR run in bfloat16 on CPUs that have it (AVX512_BF16, AMX), FP32 elsewhere. int8 (onnx, openvino, "
     "tensorrt): weights and activations, calibrated, the router stays in float; w8: 8-bit "
     "weights only (openvino, coreml); palette6: 6-bit palettized weights (coreml); w8a8: coreml activation "
     "quantization (macOS only).",

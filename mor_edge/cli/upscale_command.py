@@ -153,29 +153,35 @@ def choose_engine(
     providers: str,
 ) -> tuple[Any, int, str]:
     """(engine, tile, what it is): the artifact given; else the model's cached export
-    (`mor_edge.engine_cache`: found without importing PyTorch, made on first use) unless the
-    reference is asked for, or needed (`--norm whole`, a tile other than the export's), or the
-    export cannot be made or run here."""
+    (`mor_edge.engine_cache`: found without importing PyTorch, made on first use; the fastest
+    kind this machine runs, the next if one fails its parity gates) unless the reference is
+    asked for, or needed (`--norm whole`, a tile other than the export's), or no export can be
+    made or run here."""
     if artifact is not None:
         return open_engine(artifact, tile, threads, runtime, providers)
-    from ..engine_cache import build, lookup, reference_is_default
+    from ..engine_cache import build, engine_kinds, lookup, reference_is_default
 
     model = None
     why = "asked for" if reference or reference_is_default() else "--norm whole" if norm == "whole" else ""
-    if not why:
-        found = lookup(model_dir)
+    reasons = []
+    for kind in [] if why else engine_kinds():
+        found = lookup(model_dir, kind)
         if found is None:
-            model = load_reference_model(model_dir)
-            if tile in (None, model.config.lr_size):
-                made = build(model, model_dir)
-                found, why = made.folder, made.reason
-            else:
+            model = model or load_reference_model(model_dir)
+            if tile not in (None, model.config.lr_size):
                 why = f"--tile {tile}; the cached export takes {model.config.lr_size}x{model.config.lr_size}"
+                break
+            made = build(model, model_dir, kind)
+            found = made.folder
+            if found is None:
+                reasons.append(f"{kind.tag}: {made.reason}")
         if found is not None:
             engine, size, source = open_engine(str(found), None, threads, runtime, providers)
             if tile in (None, size):
                 return engine, size, f"cached export of the model ({source})"
             why = f"--tile {tile}; the cached export takes {size}x{size}"
+            break
+    why = why or "; ".join(reasons)
     from ..reference_engine import ReferenceEngine
 
     model = model or load_reference_model(model_dir)
@@ -212,6 +218,8 @@ def engine_line(engine: Any, source: str) -> str:
         return f"engine: {source}"
     ran = describe()
     where = ", ".join(ran.get("providers_used", [])) or ran.get("device", "")
+    if "inference_precision" in ran:  # OpenVINO: bf16, or f32 and why
+        where += f", {ran['inference_precision']}"
     batch = f", {engine.batch} tiles per call" if engine.batch > 1 else ""
     runtime = f"{ran['runtime']} {ran.get('version', '')}"
     return f"engine: {runtime} ({where}, {ran['threads']} threads{batch}), {source}"
