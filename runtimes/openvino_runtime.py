@@ -1,10 +1,12 @@
 """OpenVINO adapter (CPU): one compiled model per stage file, latency-oriented settings.
 
 Threads are `INFERENCE_NUM_THREADS`, one stream (single-image latency) and a model cache so
-a second run skips compilation. Inference precision is the artifact's: f32 for every IR but
-a `bf16` artifact's image stages, which run in bfloat16 where the CPU computes it natively
-(AVX512_BF16 or AMX; the CPU plugin would otherwise pick bf16 on such CPUs for every artifact,
-which parity would see as error). The router always runs in f32: its scores pick the experts.
+a second run skips compilation. Inference precision follows the artifact: f32 for FP32 and
+FP16 IRs (the CPU plugin would otherwise pick bf16 on CPUs that have it, which parity would
+see as error); bfloat16 for a `bf16` artifact's image stages and for the float parts of an
+`int8` or `w8` one (already lossy, their gates measure it), where the CPU computes it
+natively (AVX512_BF16 or AMX), f32 elsewhere. The router always runs in f32: its scores pick
+the experts.
 """
 
 from __future__ import annotations
@@ -72,7 +74,7 @@ class OpenVinoRuntime(Runtime):
         self.config = {"INFERENCE_NUM_THREADS": self.threads, "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY"}
         self.router_file = artifact.stage_file("router")[0]
         self.image_precision = "f32"
-        if artifact.precision == "bf16":
+        if artifact.precision in BF16_PRECISIONS:
             self.image_precision = "bf16" if cpu_has_bf16(device) else "f32 (no bf16 on this CPU)"
 
     def _load(self, path: Path, function: str | None) -> Any:
@@ -95,6 +97,9 @@ class OpenVinoRuntime(Runtime):
             "streams": 1,
             "inference_precision": self.image_precision,
         }
+
+
+BF16_PRECISIONS = ("bf16", "int8", "w8")  # artifacts whose float work may run in bfloat16
 
 
 def cpu_has_bf16(device: str = "CPU") -> bool:
