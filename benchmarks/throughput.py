@@ -42,7 +42,7 @@ from mor_edge.routing import clear_routing
 from mor_edge.stage_contract import stage_specs
 
 WIDTH, HEIGHT = 1152, 864
-KINDS = (("onnx", "fp32"), ("onnx", "int8"), ("openvino", "fp32"), ("openvino", "int8"))
+KINDS = (("onnx", "fp32"), ("onnx", "int8"), ("openvino", "fp32"), ("openvino", "bf16"), ("openvino", "int8"))
 IMAGE_STAGES = ("encoder", "unet", "decoder")
 
 
