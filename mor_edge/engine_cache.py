@@ -19,6 +19,7 @@ default, `MOR_EDGE_ENGINE=onnxruntime` the ONNX Runtime FP32 export.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import json
@@ -142,7 +143,10 @@ def lookup(model_dir: str | None, kind: CachedKind) -> Path | None:
 
 
 def build(model: MoRSR, model_dir: str | None, kind: CachedKind, progress: bool = True) -> CacheResult:
-    """Export `model` (loaded from `model_dir`) into the cache and parity-check it."""
+    """Export `model` (loaded from `model_dir`) into the cache and parity-check it. A failed
+    parity check is recorded beside the entry (`NAME.failed`), so that later runs go straight to
+    the next kind instead of exporting again: the same model, version and gates fail the same
+    way."""
     if importlib.util.find_spec(kind.runtime_module) is None:
         return CacheResult(None, f"{kind.runtime_module} is not installed")
     folder = cache_folder(model_dir, kind)
@@ -150,6 +154,10 @@ def build(model: MoRSR, model_dir: str | None, kind: CachedKind, progress: bool 
         return CacheResult(None, "the model has no weights file to key a cached export by")
     if folder.is_dir() and _usable(folder):
         return CacheResult(folder)
+    failed = folder.parent / f"{folder.name}.failed"
+    if failed.is_file():
+        recorded = failed.read_text().strip()
+        return CacheResult(None, f"{recorded}, when first made (delete {failed} to try again)")
     try:
         folder.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -163,7 +171,10 @@ def build(model: MoRSR, model_dir: str | None, kind: CachedKind, progress: bool 
         return CacheResult(None, f"the cached export could not be made: {exc}")
     if failures:
         shutil.rmtree(staging, ignore_errors=True)
-        return CacheResult(None, f"the cached export failed its parity check ({failures[0]})")
+        reason = f"the cached export failed its parity check ({failures[0]})"
+        with contextlib.suppress(OSError):  # unrecorded, it is only tried again next time
+            failed.write_text(reason + "\n")
+        return CacheResult(None, reason)
     try:
         staging.rename(folder)
     except OSError:  # another process put its own in place first: use that one

@@ -65,14 +65,21 @@ def test_default_engine_is_the_cached_export_made_once(
         code, _, err = upscale(str(src), str(tmp_path / "refused.png"))
     assert code == 0, err
     assert not folder.exists()
+    failed = folder.parent / f"{folder.name}.failed"  # recorded: not exported again next time
+    assert "failed its parity check (end_to_end: PSNR" in failed.read_text()
     if kind == last:  # nothing else to try: the reference runs, saying why
         assert "engine: PyTorch reference" in err and "failed its parity check (end_to_end: PSNR" in err
-        assert [p.name for p in folder.parent.iterdir()] == []
+        assert [p.name for p in folder.parent.iterdir()] == [failed.name]
     else:  # the next kind is made and used
         fallback = cache_folder(None, last)
         assert fallback is not None and fallback.is_dir()
         assert f"engine: {last.runtime_module}" in err and str(fallback) in err
-        assert [p.name for p in folder.parent.iterdir()] == [fallback.name]
+        assert sorted(p.name for p in folder.parent.iterdir()) == sorted([fallback.name, failed.name])
+    code, _, err = upscale(str(src), str(tmp_path / "again.png"))  # the record, not a new export
+    assert code == 0 and "first run of this model" not in err, err
+    if kind == last:
+        assert "when first made (delete" in err
+    failed.unlink()  # as the message says: the next run tries again (the gates are back)
 
     code, _, err = upscale(str(src), str(tmp_path / "first.png"))
     assert code == 0, err
