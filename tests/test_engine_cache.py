@@ -117,6 +117,27 @@ def test_default_engine_is_the_cached_export_made_once(
     assert lookup(None, kind) is None and not folder.exists()
 
 
+def test_with_one_kind_a_failed_gate_runs_the_reference_and_is_recorded(
+    default_engine: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The branch a CPU without bfloat16 takes (ONNX Runtime FP32 alone): the reference runs,
+    saying why, and the record spares the next run an export until it is deleted."""
+    monkeypatch.setenv("MOR_EDGE_ENGINE", "onnxruntime")
+    assert engine_kinds() == [ONNX_FP32]
+    folder = cache_folder(None, ONNX_FP32)
+    assert folder is not None
+    failed = folder.parent / f"{folder.name}.failed"
+    src = photo(tmp_path / "in.png", (40, 32))
+    monkeypatch.setitem(GATES, "fp32", {**GATES["fp32"], "end_to_end_psnr_db": 1000.0})
+    code, _, err = upscale(str(src), str(tmp_path / "a.png"))
+    assert code == 0 and "first run of this model" in err, err
+    assert "engine: PyTorch reference" in err and "failed its parity check (end_to_end: PSNR" in err
+    assert sorted(p.name for p in folder.parent.iterdir()) == [failed.name]
+    code, _, err = upscale(str(src), str(tmp_path / "b.png"))
+    assert code == 0 and "first run of this model" not in err, err
+    assert "engine: PyTorch reference" in err and f"when first made (delete {failed} to try again)" in err
+
+
 def test_the_cache_is_keyed_by_the_model_files(tmp_path: Path) -> None:
     random_model(seed=1).save_pretrained(tmp_path / "other")
     builtin, other = cache_folder(None, ONNX_FP32), cache_folder(str(tmp_path / "other"), ONNX_FP32)
