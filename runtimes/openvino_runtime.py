@@ -73,12 +73,12 @@ class OpenVinoRuntime(Runtime):
         self.core.set_property({"CACHE_DIR": str(self.cache_dir)})
         self.config = {"INFERENCE_NUM_THREADS": self.threads, "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY"}
         self.router_file = artifact.stage_file("router")[0]
-        self.image_precision = "f32"
-        if artifact.precision in BF16_PRECISIONS:
-            self.image_precision = "bf16" if cpu_has_bf16(device) else "f32 (no bf16 on this CPU)"
+        wants_bf16 = artifact.precision in BF16_PRECISIONS
+        self.image_precision = "bf16" if wants_bf16 and cpu_has_bf16(self.core, device) else "f32"
+        self.precision_note = " (no bf16 on this CPU)" if wants_bf16 and self.image_precision == "f32" else ""
 
     def _load(self, path: Path, function: str | None) -> Any:
-        precision = "f32" if path == self.router_file else self.image_precision.split()[0]
+        precision = "f32" if path == self.router_file else self.image_precision
         config = {**self.config, "INFERENCE_PRECISION_HINT": precision}
         return self.core.compile_model(str(path), self.device, config)
 
@@ -95,16 +95,16 @@ class OpenVinoRuntime(Runtime):
             "version": ov.__version__,
             "device": self.device,
             "streams": 1,
-            "inference_precision": self.image_precision,
+            "inference_precision": self.image_precision + self.precision_note,
         }
 
 
 BF16_PRECISIONS = ("bf16", "int8", "w8")  # artifacts whose float work may run in bfloat16
 
 
-def cpu_has_bf16(device: str = "CPU") -> bool:
+def cpu_has_bf16(core: ov.Core | None = None, device: str = "CPU") -> bool:
     """Whether `device` computes bfloat16 natively (OpenVINO's own reading of the CPU)."""
-    return "BF16" in ov.Core().get_property(device, "OPTIMIZATION_CAPABILITIES")
+    return "BF16" in (core or ov.Core()).get_property(device, "OPTIMIZATION_CAPABILITIES")
 
 
 def model_signature(model: Any) -> tuple[Signature, Signature]:
