@@ -1,12 +1,14 @@
-"""Which tile size and batch make a photo fastest on ONNX Runtime: the measurement behind the
-export's 64x64, batch-1 tiles.
+"""Which tile size and batch make a photo fastest: the measurement behind the export's 64x64,
+batch-1 tiles.
 
 The built-in model's three image stages (encoder, UNet, decoder; adapters off, which static
 routing matches within 1-2%) are exported by the ONNX target at each tile size, and at each
-batch of tiles (a fixed batch dimension), then timed on ONNX Runtime (CPU, `--threads`, as the
-runtime adapter runs them) in alternating rounds, so that a noisy machine slows every shape
-alike. A photo's time is the tiles the tiler places (`mor_edge.tiling.positions`, the CLI's
-default overlap of tile/8) times the time per tile.
+batch of tiles (a fixed batch dimension), then timed on each `--engines` (CPU, `--threads`,
+as the runtime adapters run them: ONNX Runtime, and OpenVINO compiling the same graphs with
+bfloat16 inference precision, the default engine's setting on CPUs with bf16) in alternating
+rounds, so that a noisy machine slows every shape alike. A photo's time is the tiles the
+tiler places (`mor_edge.tiling.positions`, the CLI's default overlap of tile/8) times the
+time per tile.
 
     python benchmarks/tile_shape.py --out benchmarks/results/tile_shape.json
 """
@@ -20,6 +22,7 @@ import math
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -54,28 +57,44 @@ def export_shape(model: MoRSR, folder: Path, tile: int, batch: int) -> dict[str,
     return paths
 
 
-class Pipeline:
-    """One shape's three sessions, run back to back on random tiles."""
+ENGINES = ("onnxruntime", "openvino-bf16")
+Stage = Callable[[dict[str, np.ndarray]], np.ndarray]
 
-    def __init__(self, paths: dict[str, Path], tile: int, batch: int, threads: int) -> None:
+
+def load_stage(path: Path, engine: str, threads: int) -> tuple[list[str], Stage]:
+    """A stage file as (its input names, a call from named inputs to its output)."""
+    if engine == "onnxruntime":
         import onnxruntime as ort
 
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.sessions = {
-            stage: ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-            for stage, path in paths.items()
-        }
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        return [i.name for i in session.get_inputs()], lambda feed: session.run(None, feed)[0]
+    from mor_edge.runtimes.openvino_runtime import cpu_has_bf16, model_signature, ov
+
+    core = ov.Core()
+    if not cpu_has_bf16(core):
+        raise SystemExit("openvino-bf16: this CPU has no bfloat16 (OpenVINO would run f32)")
+    config = {"INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY"}
+    compiled = core.compile_model(str(path), "CPU", {**config, "INFERENCE_PRECISION_HINT": "bf16"})
+    names = [name for name, _, _ in model_signature(compiled)[0]]
+    return names, lambda feed: np.asarray(compiled(feed)[compiled.outputs[0]])
+
+
+class Pipeline:
+    """One shape's three stages on one engine, run back to back on random tiles."""
+
+    def __init__(self, paths: dict[str, Path], tile: int, batch: int, engine: str, threads: int) -> None:
+        self.stages = {stage: load_stage(path, engine, threads) for stage, path in paths.items()}
         self.lr = np.random.default_rng(0).random((batch, 3, tile, tile), dtype=np.float32)
 
     def run(self) -> float:
         start = time.perf_counter()
         values = {"lr": self.lr}
-        for stage, session in self.sessions.items():
-            feed = {i.name: values[i.name] for i in session.get_inputs()}
-            values[OUTPUT_OF[stage]] = session.run(None, feed)[0]
+        for stage, (inputs, call) in self.stages.items():
+            values[OUTPUT_OF[stage]] = call({name: values[name] for name in inputs})
         return time.perf_counter() - start
 
 
@@ -85,28 +104,36 @@ def main() -> None:
     parser.add_argument("--batches", default="1,2,4", help="batches measured at 64x64 tiles")
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--engines", default=",".join(ENGINES), help=f"of {', '.join(ENGINES)}")
     parser.add_argument("--out", default="benchmarks/results/tile_shape.json")
     args = parser.parse_args()
     shapes = [(int(t), 1) for t in args.tiles.split(",")]
     shapes += [(64, int(b)) for b in args.batches.split(",") if int(b) != 1]
+    engines = args.engines.split(",")
+    if set(engines) - set(ENGINES):
+        raise SystemExit(f"--engines: of {', '.join(ENGINES)}")
     from mor_edge.builtin import builtin_model
 
     model = builtin_model().eval()
     with tempfile.TemporaryDirectory() as tmp:
+        files = {shape: export_shape(model, Path(tmp), *shape) for shape in shapes}
         pipelines = {
-            shape: Pipeline(export_shape(model, Path(tmp), *shape), *shape, args.threads) for shape in shapes
+            (engine, *shape): Pipeline(files[shape], *shape, engine, args.threads)
+            for engine in engines
+            for shape in shapes
         }
-        times: dict[tuple[int, int], list[float]] = {shape: [] for shape in shapes}
+        times: dict[tuple[str, int, int], list[float]] = {key: [] for key in pipelines}
         for pipeline in pipelines.values():  # warm-up
             pipeline.run()
         for _ in range(args.runs):
-            for shape, pipeline in pipelines.items():
-                times[shape].append(pipeline.run())
+            for key, pipeline in pipelines.items():
+                times[key].append(pipeline.run())
     rows: list[dict[str, Any]] = []
-    for (tile, batch), runs in times.items():
+    for (engine, tile, batch), runs in times.items():
         per_tile = statistics.median(runs) / batch
         rows.append(
             {
+                "engine": engine,
                 "tile": tile,
                 "batch": batch,
                 "ms_per_call": statistics.median(runs) * 1000,
@@ -118,7 +145,8 @@ def main() -> None:
         )
         photo = ", ".join(f"{k} {v:.1f} s" for k, v in rows[-1]["photo_seconds"].items())
         pixel = rows[-1]["us_per_lr_pixel"]
-        print(f"tile {tile} batch {batch}: {per_tile * 1000:.1f} ms/tile, {pixel:.1f} us/LR px; {photo}")
+        label = f"{engine} tile {tile} batch {batch}"
+        print(f"{label}: {per_tile * 1000:.1f} ms/tile, {pixel:.1f} us/LR px; {photo}")
     result = {"threads": args.threads, "runs": args.runs, "overlap": "tile/8", "rows": rows}
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
 
