@@ -2,7 +2,7 @@
 
 The exporter reads a target's `Capabilities` and never probes it: the precisions it takes,
 the default one, how static routing lays out weights, whether a stage's variants become the
-functions of one file, how bicubic resizing is written, and who quantizes. What an export
+functions of one file, how bicubic resizing and GroupNorm are written, and who quantizes. What an export
 decides (routing, precision, calibration, whether variants are combined) reaches the target
 through `configure`, not by setting its attributes from outside.
 """
@@ -34,6 +34,9 @@ class Capabilities:
     static_weights: Literal["folded", "sliced"] = "folded"
     multifunction: bool = False  # a stage's variants become functions of one file
     resize: Literal["native", "matmul"] = "native"  # bicubic as a resize op, or as matmuls
+    # GroupNorm as the exporter writes it (reshape + normalisation), or as per-channel
+    # reductions that never reshape the feature map (export/group_norm.py)
+    norm: Literal["native", "reductions"] = "native"
     # who quantizes "int8"/"w8": the shared ONNX path of int8.py ("shared"), or the target
     # inside its own export_stage ("target")
     quantizer: Literal["shared", "target"] = "shared"

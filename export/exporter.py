@@ -40,6 +40,7 @@ from .capabilities import (
     Target,
     WeightCompressingTarget,
 )
+from .group_norm import group_norm_as_reductions
 from .int8 import (
     KEEP_FLOAT_POLICIES,
     float_only_nodes,
@@ -330,6 +331,7 @@ def build_stages(
         for name in STAGES
     }
     resize = bicubic_as_matmul if caps.resize == "matmul" else nullcontext
+    norms = group_norm_as_reductions if caps.norm == "reductions" else lambda _model: nullcontext()
     model.eval()
     clear_routing(model.layers())
     desc = f"export {plan.target_name} {plan.routing} {plan.precision}"
@@ -342,7 +344,7 @@ def build_stages(
             fixed = sliced(stage_layers(model, stage), plan.buckets.centres[job["buckets"][0]])
         elif job["weights"]:
             fixed = folded(stage_layers(model, stage), job["weights"])
-        with fixed, resize():
+        with fixed, resize(), norms(model):
             module: nn.Module = StageModule(model, stage, plan.routing, plan.form)
             this_precision = stage_precision(stage, plan.precision)
             if this_precision in QUANTIZED and caps.quantizer == "shared":

@@ -47,10 +47,14 @@ def ignored_scope(float_nodes: set[str]) -> Any:
 class OpenVinoTarget:
     name = "openvino"
     suffix = ".xml"
-    # bicubic as two matmuls, as for ONNX Runtime: OpenVINO's cubic Interpolate took 5.2 of an
-    # 18.9 ms bf16 encoder tile; the matmul form made the encoder 13.1 -> 10.4 ms and the
-    # decoder 29.1 -> 26.6 ms (bf16; f32 24.7 -> 22.3 and 60.6 -> 59.2 ms)
-    capabilities = Capabilities(precisions=("fp32", "fp16", "bf16", "int8", "w8"), resize="matmul")
+    # Measured on the built-in model's tile (OpenVINO's per-node profile, then alternating runs):
+    # bicubic as two matmuls, as for ONNX Runtime: the cubic Interpolate took 5.2 of an 18.9 ms
+    # bf16 encoder; encoder 13.1 -> 10.4 ms, decoder 29.1 -> 26.6 ms (f32 24.7 -> 22.3, 60.6 ->
+    # 59.2). GroupNorm as reductions: no layout reorder around each one; a tile's three stages
+    # 58.0 -> 51.2 ms in bf16, 118.6 -> 87.7 ms in f32 (ONNX Runtime: no change, so not there).
+    capabilities = Capabilities(
+        precisions=("fp32", "fp16", "bf16", "int8", "w8"), resize="matmul", norm="reductions"
+    )
 
     def __init__(self, exporter: str = "torchscript", **onnx_options: Any) -> None:
         self.onnx = OnnxTarget(exporter, **onnx_options)

@@ -206,6 +206,16 @@ def test_openvino_float_and_weight_only(tiny_model: MoRSR, tmp_path: Path, preci
         progress=False,
     )
     assert (folder / "unet.v0.xml").is_file() and (folder / "unet.v0.bin").is_file()
+    # written for OpenVINO's kernels: GroupNorm as reductions (no MVN, whose reshapes cost a
+    # layout reorder each) and the bicubic upsample as matmuls (no Interpolate in the encoder)
+    from mor_edge.runtimes.openvino_runtime import ov
+
+    layer_norms = sum(isinstance(m, torch.nn.LayerNorm) for m in tiny_model.unet.modules())
+    for stage, mvn in (("encoder.v0", 0), ("unet.v0", layer_norms), ("decoder", 0)):
+        ops = [op.get_type_name() for op in ov.Core().read_model(str(folder / f"{stage}.xml")).get_ops()]
+        # the UNet's LayerNorms are MVN too, and stay so
+        assert (ops.count("MVN"), "GroupNormalization" in ops, "ReduceMean" in ops) == (mvn, False, True)
+        assert stage != "encoder.v0" or "Interpolate" not in ops
     runtime = load_runtime(folder, threads=2)
     assert runtime.describe()["runtime"] == "openvino"
     # FP32 runs in f32; a weight-only INT8 artifact's float work in bf16 where the CPU has it
