@@ -24,9 +24,11 @@ from torch import nn
 def _group_mean(x: torch.Tensor, groups: int) -> torch.Tensor:
     """Each channel's group mean over (C/G, spatial), shaped (N, C, 1, ...) to broadcast on x."""
     per_channel = x.mean(dim=tuple(range(2, x.dim())), keepdim=True)
-    n, c = per_channel.shape[:2]
+    # Plain ints: traced shapes would be recorded as Shape/Gather/Concat ops around every
+    # reshape (exported shapes are fixed), which doubled a UNet's export time.
+    n, c = (int(v) for v in per_channel.shape[:2])
     grouped = per_channel.reshape(n, groups, c // groups).mean(dim=-1, keepdim=True)
-    return grouped.expand(n, groups, c // groups).reshape(per_channel.shape)
+    return grouped.repeat(1, 1, c // groups).reshape(per_channel.shape)  # Tile: expand exports 4 ops
 
 
 def group_norm_by_reductions(norm: nn.GroupNorm, x: torch.Tensor) -> torch.Tensor:
