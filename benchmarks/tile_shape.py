@@ -6,9 +6,10 @@ routing matches within 1-2%) are exported by the ONNX target at each tile size, 
 batch of tiles (a fixed batch dimension), then timed on each `--engines` (CPU, `--threads`,
 as the runtime adapters run them: ONNX Runtime, and OpenVINO compiling the same graphs with
 bfloat16 inference precision, the default engine's setting on CPUs with bf16) in alternating
-rounds, so that a noisy machine slows every shape alike. A photo's time is the tiles the
-tiler places (`mor_edge.tiling.positions`, the CLI's default overlap of tile/8) times the
-time per tile.
+rounds, so that a noisy machine slows every shape alike. Both engines run the ONNX target's
+graphs (GroupNorm as exported; the OpenVINO target writes it as reductions: see the README).
+A photo's time is the tiles the tiler places (`mor_edge.tiling.positions`, the CLI's default
+overlap of tile/8) times the time per tile.
 
     python benchmarks/tile_shape.py --out benchmarks/results/tile_shape.json
 """
