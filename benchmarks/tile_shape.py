@@ -67,19 +67,17 @@ def load_stage(path: Path, engine: str, threads: int) -> tuple[list[str], Stage]
     if engine == "onnxruntime":
         import onnxruntime as ort
 
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        from mor_edge.runtimes.ort_runtime import session_options
+
+        providers = ["CPUExecutionProvider"]
+        session = ort.InferenceSession(str(path), session_options(threads), providers=providers)
         return [i.name for i in session.get_inputs()], lambda feed: session.run(None, feed)[0]
-    from mor_edge.runtimes.openvino_runtime import cpu_has_bf16, model_signature, ov
+    from mor_edge.runtimes.openvino_runtime import compile_config, cpu_has_bf16, model_signature, ov
 
     core = ov.Core()
     if not cpu_has_bf16(core):
         raise SystemExit("openvino-bf16: this CPU has no bfloat16 (OpenVINO would run f32)")
-    config = {"INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY"}
-    compiled = core.compile_model(str(path), "CPU", {**config, "INFERENCE_PRECISION_HINT": "bf16"})
+    compiled = core.compile_model(str(path), "CPU", compile_config(threads, "bf16"))
     names = [name for name, _, _ in model_signature(compiled)[0]]
     return names, lambda feed: np.asarray(compiled(feed)[compiled.outputs[0]])
 

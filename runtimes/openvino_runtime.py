@@ -24,7 +24,7 @@ from mor_edge.stage_contract import Signature
 
 from .base import Runtime
 
-__all__ = ["OpenVinoRuntime", "cpu_has_bf16", "model_signature", "ov", "telemetry_off"]
+__all__ = ["OpenVinoRuntime", "compile_config", "cpu_has_bf16", "model_signature", "ov", "telemetry_off"]
 
 
 @contextlib.contextmanager
@@ -71,7 +71,6 @@ class OpenVinoRuntime(Runtime):
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         self.core.set_property({"CACHE_DIR": str(self.cache_dir)})
-        self.config = {"INFERENCE_NUM_THREADS": self.threads, "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY"}
         self.router_file = artifact.stage_file("router")[0]
         wants_bf16 = artifact.precision in BF16_PRECISIONS
         self.image_precision = "bf16" if wants_bf16 and cpu_has_bf16(self.core, device) else "f32"
@@ -79,8 +78,7 @@ class OpenVinoRuntime(Runtime):
 
     def _load(self, path: Path, function: str | None) -> Any:
         precision = "f32" if path == self.router_file else self.image_precision
-        config = {**self.config, "INFERENCE_PRECISION_HINT": precision}
-        return self.core.compile_model(str(path), self.device, config)
+        return self.core.compile_model(str(path), self.device, compile_config(self.threads, precision))
 
     def _run(self, session: Any, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
         result = session(inputs)
@@ -100,6 +98,16 @@ class OpenVinoRuntime(Runtime):
 
 
 BF16_PRECISIONS = ("bf16", "int8", "w8")  # artifacts whose float work may run in bfloat16
+
+
+def compile_config(threads: int, precision: str) -> dict[str, Any]:
+    """The settings every stage is compiled with (benchmarks time other graphs with them)."""
+    return {
+        "INFERENCE_NUM_THREADS": threads,
+        "NUM_STREAMS": 1,
+        "PERFORMANCE_HINT": "LATENCY",
+        "INFERENCE_PRECISION_HINT": precision,
+    }
 
 
 def cpu_has_bf16(core: ov.Core | None = None, device: str = "CPU") -> bool:

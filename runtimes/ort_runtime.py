@@ -24,6 +24,18 @@ PROVIDERS = {
 }
 
 
+def session_options(threads: int) -> ort.SessionOptions:
+    """The settings every stage session runs with (benchmarks time other graphs with them)."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    # Stages run back to back in separate sessions: spinning worker threads of the
+    # previous session would steal the cores of the next one.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return options
+
+
 class OrtRuntime(Runtime):
     name = "onnxruntime"
 
@@ -44,14 +56,7 @@ class OrtRuntime(Runtime):
         self.used: list[str] = []  # what the sessions actually run on (ORT may fall back)
 
     def _load(self, path: Path, function: str | None) -> Any:
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = self.threads
-        options.inter_op_num_threads = 1
-        # Stages run back to back in separate sessions: spinning worker threads of the
-        # previous session would steal the cores of the next one.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        session = ort.InferenceSession(str(path), options, providers=self.providers)
+        session = ort.InferenceSession(str(path), session_options(self.threads), providers=self.providers)
         self.used = sorted(set(self.used) | set(session.get_providers()))
         return session
 
