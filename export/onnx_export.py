@@ -106,6 +106,7 @@ class OnnxTarget:
                 )
             proto = onnx.load(str(scratch / "model.onnx"))
             _declare_output_shapes(proto, spec)
+            read_initializers_directly(proto.graph)
             files = save_graph(proto, path)
             del proto
         finally:
@@ -194,6 +195,36 @@ def _declare_output_shapes(proto: onnx.ModelProto, spec: StageSpec) -> None:
             del dims[:]
             for size in tensor.shape:
                 dims.add().dim_value = size
+
+
+def read_initializers_directly(graph: onnx.GraphProto) -> int:
+    """Remove the Identity nodes that only rename an initializer, their readers reading it.
+
+    The TorchScript exporter keeps one initializer for equal constants and an Identity for each
+    further use of it. With GroupNorm as reductions and equal GroupNorm weights (any untrained
+    model, the random ones of the benchmarks and tests among them), ONNX Runtime 1.32's graph
+    optimizer then turned valid graphs into ones it refused to load ("Node input ... is not a
+    graph input, initializer, or output of a previous node"), which stopped INT8 exports for
+    OpenVINO. Returns how many were removed."""
+    initializers = {t.name for t in graph.initializer}
+    outputs = {v.name for v in graph.output}
+    alias: dict[str, str] = {}
+    kept = []
+    for node in graph.node:
+        source = alias.get(node.input[0], node.input[0]) if node.op_type == "Identity" else ""
+        if source in initializers and node.output[0] not in outputs:
+            alias[node.output[0]] = source
+        else:
+            kept.append(node)
+    if alias:
+        for node in kept:
+            for i, name in enumerate(node.input):
+                node.input[i] = alias.get(name, name)
+        info = [v for v in graph.value_info if v.name not in alias]
+        del graph.node[:], graph.value_info[:]
+        graph.node.extend(kept)
+        graph.value_info.extend(info)
+    return len(alias)
 
 
 def signature(path: Path) -> tuple[Signature, Signature]:

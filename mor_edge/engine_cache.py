@@ -10,7 +10,8 @@ artifact: no PyTorch import, which is seconds of a short run. Where it cannot be
 instead and says why.
 
 The cache is `$MOR_EDGE_CACHE`, else `$XDG_CACHE_HOME/mor-edge`, else `~/.cache/mor-edge`;
-deleting it is always safe. Which export: OpenVINO in bfloat16 where openvino is installed
+deleting it is always safe. Entries made by older mor-edge versions, which this one never
+uses, are removed when a new entry is made. Which export: OpenVINO in bfloat16 where openvino is installed
 and the CPU computes bfloat16 natively (AVX512_BF16 or AMX: the real upscale of a photo in
 0.6-0.7x the time of ONNX Runtime FP32, README), else ONNX Runtime FP32; if the first fails
 its parity gates, the next is tried. `MOR_EDGE_ENGINE=reference` makes the reference the
@@ -24,6 +25,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import re
 import shutil
 import sys
 from dataclasses import dataclass
@@ -42,6 +44,11 @@ if TYPE_CHECKING:
 CACHE_ENV = "MOR_EDGE_CACHE"
 ENGINE_ENV = "MOR_EDGE_ENGINE"
 PARITY_SAMPLES = 2
+# An entry's name: model name, hash, kind tag, version; a failure record or staging folder
+# adds a suffix.
+ENTRY_NAME = re.compile(
+    r"^.+-[0-9a-f]{16}-[a-z0-9]+-[a-z]+-[a-z0-9]+-v(\d+(?:\.\d+)*)(\.failed|\.unchecked)?$"
+)
 
 
 @dataclass(frozen=True)
@@ -181,7 +188,39 @@ def build(model: MoRSR, model_dir: str | None, kind: CachedKind, progress: bool 
         shutil.rmtree(staging, ignore_errors=True)
         if not _usable(folder):
             return CacheResult(None, f"{folder} could not be put in place")
+    prune_older_versions(folder.parent)
     return CacheResult(folder)
+
+
+def _version(text: str) -> tuple[int, ...]:
+    """The release numbers of a version string ("0.2.1", "0.3.0rc1" -> (0, 3, 0))."""
+    release = re.match(r"\d+(?:\.\d+)*", text)
+    return tuple(int(part) for part in release.group(0).split(".")) if release else ()
+
+
+def prune_older_versions(root: Path) -> list[Path]:
+    """Remove the entries (exports, failure records, staging folders) that older mor-edge
+    versions made: this version never uses them, and each export is tens of MB. Newer
+    versions' entries stay (another environment may share the cache), as does anything
+    mor-edge did not make. Returns what was removed."""
+    current = _version(mor_edge.__version__)
+    removed = []
+    for entry in sorted(root.iterdir()) if root.is_dir() else []:
+        match = ENTRY_NAME.match(entry.name)
+        if match is None or _version(match.group(1)) >= current:
+            continue
+        if entry.is_file() and match.group(2) == ".failed":
+            entry.unlink(missing_ok=True)
+        elif entry.is_dir() and not entry.is_symlink() and made_by_us(entry):
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            continue
+        removed.append(entry)
+    if removed:
+        print(
+            f"removed {len(removed)} cached export(s) of older mor-edge versions from {root}", file=sys.stderr
+        )
+    return removed
 
 
 def _export_and_check(

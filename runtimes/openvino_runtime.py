@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,15 @@ from mor_edge.stage_contract import Signature
 
 from .base import Runtime
 
-__all__ = ["OpenVinoRuntime", "compile_config", "cpu_has_bf16", "model_signature", "ov", "telemetry_off"]
+__all__ = [
+    "OpenVinoRuntime",
+    "compile_config",
+    "cpu_has_bf16",
+    "model_signature",
+    "ov",
+    "telemetry_off",
+    "trim_blob_cache",
+]
 
 
 @contextlib.contextmanager
@@ -50,9 +59,39 @@ with telemetry_off():
 _DTYPE_NAMES = {"f32": "float32", "f16": "float16", "i64": "int64"}
 
 
+# OpenVINO writes a compiled blob per stage file it compiles (one per bucket and stage,
+# about 1.7 MB each for the built-in model, GBs for sd21) and never removes one.
+BLOB_CACHE_LIMIT = 4 << 30
+BLOB_KEEP_SECONDS = 3600
+
+
 def default_cache_dir() -> Path:
-    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return root / "mor-edge" / "openvino"
+    """`openvino/` in mor-edge's cache folder (`$MOR_EDGE_CACHE`, else the XDG one), so that
+    a cache moved elsewhere takes OpenVINO's blobs with it."""
+    from mor_edge.engine_cache import cache_root
+
+    return cache_root() / "openvino"
+
+
+def trim_blob_cache(folder: Path, limit: int = BLOB_CACHE_LIMIT) -> list[Path]:
+    """Remove the oldest compiled blobs while the folder holds more than `limit` bytes, so
+    that it stops growing with every export; a removed blob only costs a recompile. Blobs
+    written in the last hour stay (one sd21 UNet alone can be over the limit)."""
+    blobs = []
+    for blob in folder.glob("*.blob"):
+        with contextlib.suppress(OSError):
+            blobs.append((blob.stat().st_mtime, blob.stat().st_size, blob))
+    total = sum(size for _, size, _ in blobs)
+    removed = []
+    recent = time.time() - BLOB_KEEP_SECONDS
+    for mtime, size, blob in sorted(blobs):
+        if total <= limit or mtime > recent:
+            break
+        with contextlib.suppress(OSError):
+            blob.unlink()
+            total -= size
+            removed.append(blob)
+    return removed
 
 
 class OpenVinoRuntime(Runtime):
@@ -70,6 +109,7 @@ class OpenVinoRuntime(Runtime):
         self.core = ov.Core()
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
         self.cache_dir.mkdir(parents=True, exist_ok=True)
+        trim_blob_cache(self.cache_dir)
         self.core.set_property({"CACHE_DIR": str(self.cache_dir)})
         self.router_file = artifact.stage_file("router")[0]
         wants_bf16 = artifact.precision in BF16_PRECISIONS

@@ -15,6 +15,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 import mor_edge
+from mor_edge.atomic import mark
 from mor_edge.builtin import random_model
 from mor_edge.cli import main
 from mor_edge.engine_cache import ONNX_FP32, cache_folder, engine_kinds, lookup
@@ -48,6 +49,11 @@ def pixels(path: Path) -> np.ndarray:
     return np.asarray(Image.open(path), dtype=np.float64)
 
 
+def entries(cache: Path) -> list[str]:
+    """The cache's export entries and failure records (not OpenVINO's blob folder)."""
+    return sorted(p.name for p in cache.iterdir() if p.name != "openvino")
+
+
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
     return float(10 * np.log10(255.0**2 / np.mean((a - b) ** 2)))
 
@@ -69,23 +75,29 @@ def test_default_engine_is_the_cached_export_made_once(
     assert "failed its parity check (end_to_end: PSNR" in failed.read_text()
     if kind == last:  # nothing else to try: the reference runs, saying why
         assert "engine: PyTorch reference" in err and "failed its parity check (end_to_end: PSNR" in err
-        assert [p.name for p in folder.parent.iterdir()] == [failed.name]
+        assert entries(folder.parent) == [failed.name]
     else:  # the next kind is made and used
         fallback = cache_folder(None, last)
         assert fallback is not None and fallback.is_dir()
         assert f"engine: {last.runtime_module}" in err and str(fallback) in err
-        assert sorted(p.name for p in folder.parent.iterdir()) == sorted([fallback.name, failed.name])
+        assert entries(folder.parent) == sorted([fallback.name, failed.name])
     code, _, err = upscale(str(src), str(tmp_path / "again.png"))  # the record, not a new export
     assert code == 0 and "first run of this model" not in err, err
     if kind == last:
         assert "when first made (delete" in err
     failed.unlink()  # as the message says: the next run tries again (the gates are back)
+    stale = folder.parent / f"{folder.name.rsplit('-v', 1)[0]}-v0.0.1"  # an older version's entry
+    stale.mkdir()
+    mark(stale, "artifact")
 
     code, _, err = upscale(str(src), str(tmp_path / "first.png"))
     assert code == 0, err
+    assert not stale.exists() and "removed 1 cached export(s) of older mor-edge versions" in err
     assert "first run of this model" in err and f"engine: {kind.runtime_module}" in err and str(folder) in err
     if kind.precision == "bf16":  # the engine line says what OpenVINO computed in
         assert "(CPU, bf16, " in err
+    if kind.target == "openvino":  # its compiled blobs are kept in the same cache folder
+        assert any((folder.parent / "openvino").glob("*.blob"))
     artifact = Artifact(folder)  # hashes checked
     assert artifact.checked.model.hash == model_fingerprint(tiny_model)
     made_as = (artifact.target, artifact.routing, artifact.precision)
@@ -132,7 +144,7 @@ def test_with_one_kind_a_failed_gate_runs_the_reference_and_is_recorded(
     code, _, err = upscale(str(src), str(tmp_path / "a.png"))
     assert code == 0 and "first run of this model" in err, err
     assert "engine: PyTorch reference" in err and "failed its parity check (end_to_end: PSNR" in err
-    assert sorted(p.name for p in folder.parent.iterdir()) == [failed.name]
+    assert entries(folder.parent) == [failed.name]
     code, _, err = upscale(str(src), str(tmp_path / "b.png"))
     assert code == 0 and "first run of this model" not in err, err
     assert "engine: PyTorch reference" in err and f"when first made (delete {failed} to try again)" in err
@@ -208,3 +220,61 @@ def test_bad_input_fails_before_any_export(default_engine: Path, tmp_path: Path)
     code, _, err = upscale(str(tmp_path / "text.png"), str(tmp_path / "out.png"))
     assert code == 1 and "not an image" in err
     assert not default_engine.exists() and sorted(os.listdir(tmp_path)) == ["in.png", "text.png"]
+
+
+def test_entries_of_older_versions_are_pruned_and_nothing_else(tmp_path: Path) -> None:
+    from mor_edge.engine_cache import prune_older_versions
+
+    folder = cache_folder(None, ONNX_FP32)
+    assert folder is not None
+    stem = folder.name.rsplit("-v", 1)[0]
+    root = tmp_path / "cache"
+    root.mkdir()
+
+    def entry(name: str, ours: bool = True) -> Path:
+        path = root / name
+        path.mkdir()
+        (path / "stage.onnx").write_bytes(b"graph")
+        if ours:
+            mark(path, "artifact")
+        return path
+
+    old = entry(f"{stem}-v0.1.9")
+    old_staging = entry(f"{stem}-v0.2.0.unchecked")
+    old_record = root / f"{stem}-v0.2.0.failed"
+    old_record.write_text("failed\n")
+    current = entry(folder.name)
+    newer = entry(f"{stem}-v10.0.0")  # another environment's newer mor-edge shares the cache
+    not_ours = entry(f"{stem}-v0.1.0", ours=False)  # a folder mor-edge did not make
+    other = entry("photos-v0.1.0")  # not an entry's name
+    assert sorted(prune_older_versions(root)) == sorted([old, old_staging, old_record])
+    assert sorted(root.iterdir()) == sorted([current, newer, not_ours, other])
+    assert (current / "stage.onnx").read_bytes() == b"graph"
+    assert prune_older_versions(root) == []
+    assert prune_older_versions(tmp_path / "missing") == []
+
+
+def test_openvino_blobs_live_in_the_cache_folder_and_are_trimmed_oldest_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("openvino", reason="openvino is not installed")
+    import time
+
+    from mor_edge.runtimes.openvino_runtime import default_cache_dir, trim_blob_cache
+
+    monkeypatch.setenv("MOR_EDGE_CACHE", str(tmp_path / "moved"))
+    assert default_cache_dir() == tmp_path / "moved" / "openvino"  # tests never write to ~/.cache
+
+    now = time.time()
+    ages_hours = {"a": 30, "b": 20, "c": 10, "d": 0.5, "e": 0.1}  # a is the oldest
+    for name, hours in ages_hours.items():
+        blob = tmp_path / f"{name}.blob"
+        blob.write_bytes(bytes(1000))
+        os.utime(blob, (now - hours * 3600, now - hours * 3600))
+    (tmp_path / "notes.txt").write_bytes(bytes(5000))  # not OpenVINO's: never touched
+    oldest_three = [tmp_path / f"{name}.blob" for name in "abc"]
+    assert trim_blob_cache(tmp_path, limit=2500) == oldest_three
+    assert sorted(p.name for p in tmp_path.glob("*.blob")) == ["d.blob", "e.blob"]
+    # Over the limit, but written in the last hour: kept.
+    assert trim_blob_cache(tmp_path, limit=100) == [] and (tmp_path / "notes.txt").is_file()
+    assert trim_blob_cache(tmp_path, limit=2000) == []

@@ -4,6 +4,7 @@ as `F.group_norm`, and only inside its context."""
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import onnx
 import pytest
@@ -52,3 +53,31 @@ def test_the_context_rewrites_the_graph_and_restores_the_module() -> None:
     # nothing is left behind: the next export writes the plain GroupNorm again
     assert "InstanceNormalization" in _onnx_ops(model, x)
     assert torch.equal(model(x), before)
+
+
+def test_an_untrained_model_in_reductions_form_loads_in_onnx_runtime(tmp_path: Path) -> None:
+    """Equal GroupNorm weights (every untrained model) made the exporter share initializers
+    through Identity nodes, and ONNX Runtime's optimizer refused the graph: OpenVINO INT8
+    exports, whose calibration runs the float graph there, stopped on it."""
+    import onnxruntime as ort
+
+    from mor_edge.builtin import random_model
+    from mor_edge.export.onnx_export import OnnxTarget
+    from mor_edge.export.stages import StageModule, example_inputs
+    from mor_edge.stage_contract import stage_specs
+
+    model = random_model(seed=0).eval()
+    spec = stage_specs(model.config, "base")["decoder"]
+    path = tmp_path / "decoder.onnx"
+    with torch.no_grad(), group_norm_as_reductions(model):
+        module = StageModule(model, "decoder", "base", "fold")
+        OnnxTarget().export_stage(module, spec, path)
+        inputs = example_inputs(spec)
+        expected = module(*inputs)
+    graph = onnx.load(str(path)).graph
+    initializers = {t.name for t in graph.initializer}
+    assert not [n for n in graph.node if n.op_type == "Identity" and n.input[0] in initializers]
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    feeds = {t.name: x.numpy() for t, x in zip(spec.inputs, inputs, strict=True)}
+    got = torch.from_numpy(session.run(None, feeds)[0])
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
