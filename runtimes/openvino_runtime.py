@@ -61,7 +61,8 @@ _DTYPE_NAMES = {"f32": "float32", "f16": "float16", "i64": "int64"}
 
 # OpenVINO writes a compiled blob per stage file it compiles (one per bucket and stage,
 # about 1.7 MB each for the built-in model, GBs for sd21) and never removes one.
-BLOB_CACHE_LIMIT = 4 << 30
+BLOB_CACHE_ENV = "MOR_EDGE_OPENVINO_CACHE_GIB"
+BLOB_CACHE_GIB = 4.0
 BLOB_KEEP_SECONDS = 3600
 
 
@@ -73,10 +74,22 @@ def default_cache_dir() -> Path:
     return cache_root() / "openvino"
 
 
-def trim_blob_cache(folder: Path, limit: int = BLOB_CACHE_LIMIT) -> list[Path]:
-    """Remove the oldest compiled blobs while the folder holds more than `limit` bytes, so
-    that it stops growing with every export; a removed blob only costs a recompile. Blobs
-    written in the last hour stay (one sd21 UNet alone can be over the limit)."""
+def blob_cache_limit() -> int:
+    """Bytes the blob cache may hold: `$MOR_EDGE_OPENVINO_CACHE_GIB` GiB, else 4 (an `sd21`
+    artifact with several buckets may want more: its FP32 UNet blob alone is 3.1 GiB)."""
+    try:
+        gib = float(os.environ.get(BLOB_CACHE_ENV, BLOB_CACHE_GIB))
+    except ValueError:
+        gib = BLOB_CACHE_GIB
+    return int(max(gib, 0.0) * (1 << 30))
+
+
+def trim_blob_cache(folder: Path, limit: int | None = None) -> list[Path]:
+    """Remove the oldest compiled blobs while the folder holds more than `limit` bytes
+    (default `blob_cache_limit()`), so that it stops growing with every export; a removed blob
+    only costs a recompile. Blobs written in the last hour stay (one sd21 UNet alone can be
+    over the limit)."""
+    limit = blob_cache_limit() if limit is None else limit
     blobs = []
     for blob in folder.glob("*.blob"):
         with contextlib.suppress(OSError):
