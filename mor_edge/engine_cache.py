@@ -11,11 +11,11 @@ instead and says why.
 
 The cache is `$MOR_EDGE_CACHE`, else `$XDG_CACHE_HOME/mor-edge`, else `~/.cache/mor-edge`;
 deleting it is always safe. Entries made by older mor-edge versions, which this one never
-uses, are removed when a new entry is made. Which export: OpenVINO in bfloat16 where openvino is installed
-and the CPU computes bfloat16 natively (AVX512_BF16 or AMX: the real upscale of a photo in
-0.6-0.7x the time of ONNX Runtime FP32, README), else ONNX Runtime FP32; if the first fails
-its parity gates, the next is tried. `MOR_EDGE_ENGINE=reference` makes the reference the
-default, `MOR_EDGE_ENGINE=onnxruntime` the ONNX Runtime FP32 export.
+uses, are removed when a new entry is made. Which export: OpenVINO in bfloat16 where
+openvino is installed and the CPU computes bfloat16 natively (AVX512_BF16 or AMX: the real
+upscale of a photo in 0.6-0.7x the time of ONNX Runtime FP32, README), else ONNX Runtime
+FP32; if the first fails its parity gates, the next is tried. `MOR_EDGE_ENGINE=reference`
+makes the reference the default, `MOR_EDGE_ENGINE=onnxruntime` the ONNX Runtime FP32 export.
 """
 
 from __future__ import annotations

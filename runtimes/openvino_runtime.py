@@ -27,8 +27,10 @@ from .base import Runtime
 
 __all__ = [
     "OpenVinoRuntime",
+    "blob_cache_limit",
     "compile_config",
     "cpu_has_bf16",
+    "default_cache_dir",
     "model_signature",
     "ov",
     "telemetry_off",
@@ -93,7 +95,8 @@ def trim_blob_cache(folder: Path, limit: int | None = None) -> list[Path]:
     blobs = []
     for blob in folder.glob("*.blob"):
         with contextlib.suppress(OSError):
-            blobs.append((blob.stat().st_mtime, blob.stat().st_size, blob))
+            stat = blob.stat()
+            blobs.append((stat.st_mtime, stat.st_size, blob))
     total = sum(size for _, size, _ in blobs)
     removed = []
     recent = time.time() - BLOB_KEEP_SECONDS
