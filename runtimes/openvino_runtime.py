@@ -62,7 +62,7 @@ _DTYPE_NAMES = {"f32": "float32", "f16": "float16", "i64": "int64"}
 
 
 # OpenVINO writes a compiled blob per stage file it compiles (one per bucket and stage,
-# about 1.7 MB each for the built-in model, GBs for sd21) and never removes one.
+# 0.5-4.6 MB each for the built-in model, GBs for sd21) and never removes one.
 BLOB_CACHE_ENV = "MOR_EDGE_OPENVINO_CACHE_GIB"
 BLOB_CACHE_GIB = 4.0
 BLOB_KEEP_SECONDS = 3600
