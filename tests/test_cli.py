@@ -19,7 +19,7 @@ def run(*args: str) -> tuple[int, str]:
     return result.exit_code, result.output
 
 
-BUILTIN_HASH = "33b5813fc98475e3c5c0bec01a47a91e138a5b02d88f02c413f29c7ede4ecd0a"
+BUILTIN_HASH = "fa4a671eaed9b8d8f454da97cc7c3c7277f02eebaaabb39bcdb17d189a39f6aa"
 
 
 def write_photo(path: Path, w: int = 30, h: int = 20, fmt: str = "PNG") -> Path:

@@ -67,7 +67,7 @@ def train(
     fresh: bool,
 ) -> None:
     """Train a MoR model: CLIP-form estimator, dense base, then MoR experts (tiny preset from
-    scratch: `mor-edge train --preset tiny` reproduces the built-in model). With --sd and
+    scratch: `mor-edge train --preset tiny --seed 1` reproduces the built-in model). With --sd and
     --clip only the MoR experts train, on pretrained weights, CLIP zero-shot."""
     import shutil
 
