@@ -117,7 +117,10 @@ class OpenVinoTarget:
         ov.save_model(quantized, str(path), compress_to_fp16=False)
 
     def compress_weights(self, source: Path, path: Path, float_nodes: set[str]) -> None:
-        """Weight-only INT8 (asymmetric, per channel); activations stay in float."""
+        """Weight-only INT8 (asymmetric, per channel); activations stay in float. Attention's
+        products stay float too: OpenVINO folds a cross-attention's keys and values of the
+        constant prompt into constants, NNCF took them for weights, and with one head the CPU
+        plugin then refused to compile the UNet (ConvertFullyConnectedToFullyConnectedCompressed)."""
         with telemetry_off():
             import nncf
 
@@ -125,7 +128,7 @@ class OpenVinoTarget:
             compressed = nncf.compress_weights(
                 ov.convert_model(str(source)),
                 mode=nncf.CompressWeightsMode.INT8_ASYM,
-                ignored_scope=ignored_scope(float_nodes),
+                ignored_scope=ignored_scope(float_nodes | activation_matmuls(source)),
             )
         ov.save_model(compressed, str(path), compress_to_fp16=False)
 
