@@ -197,7 +197,7 @@ def _declare_output_shapes(proto: onnx.ModelProto, spec: StageSpec) -> None:
                 dims.add().dim_value = size
 
 
-def read_initializers_directly(graph: onnx.GraphProto) -> int:
+def read_initializers_directly(graph: onnx.GraphProto) -> None:
     """Remove the Identity nodes that only rename an initializer, their readers reading it.
 
     The TorchScript exporter keeps one initializer for equal constants and an Identity for each
@@ -205,7 +205,7 @@ def read_initializers_directly(graph: onnx.GraphProto) -> int:
     model, the random ones of the benchmarks and tests among them), ONNX Runtime 1.32's graph
     optimizer then turned valid graphs into ones it refused to load ("Node input ... is not a
     graph input, initializer, or output of a previous node"), which stopped INT8 exports for
-    OpenVINO. Returns how many were removed."""
+    OpenVINO."""
     initializers = {t.name for t in graph.initializer}
     outputs = {v.name for v in graph.output}
     alias: dict[str, str] = {}
@@ -224,7 +224,6 @@ def read_initializers_directly(graph: onnx.GraphProto) -> int:
         del graph.node[:], graph.value_info[:]
         graph.node.extend(kept)
         graph.value_info.extend(info)
-    return len(alias)
 
 
 def signature(path: Path) -> tuple[Signature, Signature]:

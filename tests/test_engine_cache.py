@@ -260,7 +260,7 @@ def test_openvino_blobs_live_in_the_cache_folder_and_are_trimmed_oldest_first(
     pytest.importorskip("openvino", reason="openvino is not installed")
     import time
 
-    from mor_edge.runtimes.openvino_runtime import default_cache_dir, trim_blob_cache
+    from mor_edge.runtimes.openvino_runtime import blob_cache_limit, default_cache_dir, trim_blob_cache
 
     monkeypatch.setenv("MOR_EDGE_CACHE", str(tmp_path / "moved"))
     assert default_cache_dir() == tmp_path / "moved" / "openvino"  # tests never write to ~/.cache
@@ -278,8 +278,6 @@ def test_openvino_blobs_live_in_the_cache_folder_and_are_trimmed_oldest_first(
     # Over the limit, but written in the last hour: kept.
     assert trim_blob_cache(tmp_path, limit=100) == [] and (tmp_path / "notes.txt").is_file()
     assert trim_blob_cache(tmp_path, limit=2000) == []
-    from mor_edge.runtimes.openvino_runtime import blob_cache_limit
-
     assert blob_cache_limit() == 4 << 30
     monkeypatch.setenv("MOR_EDGE_OPENVINO_CACHE_GIB", "0.5")
     assert blob_cache_limit() == 1 << 29
