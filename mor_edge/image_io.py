@@ -39,6 +39,10 @@ OUTPUT_FORMATS = {
 ALPHA_FORMATS = ("PNG", "WEBP", "TIFF")
 MAX_PIXELS = 50_000_000  # input limit: guards against decompression bombs and absurd sizes
 SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I")
+GREY_MODES = ("1", "L", "LA", "La", *SIXTEEN_BIT_MODES)
+# Every mode `_split` turns into 8- or 16-bit RGB (+ alpha); others (F: floating point) fail
+# in `_open`, before a model is loaded or exported.
+INPUT_MODES = (*GREY_MODES, "P", "PA", "CMYK", "YCbCr", "LAB", "HSV", "RGBX", "RGB", "RGBA")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp")
 # What Pillow's decoders raise on damaged files (OSError covers truncation and codec errors).
 DECODE_ERRORS = (OSError, SyntaxError, ValueError, struct.error, zlib.error, EOFError, IndexError, TypeError)
@@ -90,13 +94,15 @@ def _open(path: Path) -> Image.Image:
         try:
             image = Image.open(path)
         except UnidentifiedImageError:
-            raise UserError(f"{path}: not an image (PNG, JPEG, WebP, TIFF or BMP expected)") from None
+            raise UserError(_unidentified(path)) from None
         except (Image.DecompressionBombError, Image.DecompressionBombWarning):
             raise UserError(f"{path}: over the {MAX_PIXELS:,}-pixel input limit") from None
         except DECODE_ERRORS as exc:
             raise UserError(f"{path}: unreadable image ({exc})") from None
     if image.format not in INPUT_FORMATS:
         raise UserError(f"{path}: {image.format} images are not supported (PNG, JPEG, WebP, TIFF or BMP)")
+    if image.mode not in INPUT_MODES:
+        raise UserError(f"{path}: image mode {image.mode} is not supported (8- or 16-bit grey or colour)")
     w, h = image.size
     if w * h > MAX_PIXELS:
         raise UserError(f"{path}: {w}x{h} is over the {MAX_PIXELS:,}-pixel input limit")
@@ -105,13 +111,22 @@ def _open(path: Path) -> Image.Image:
     return image
 
 
+def _unidentified(path: Path) -> str:
+    """Why Pillow could not open `path`: a TIFF it cannot decode is still an image."""
+    with path.open("rb") as f:
+        magic = f.read(4)
+    if magic in (b"II*\x00", b"MM\x00*"):
+        unsupported = "floating-point ones, and 16-bit grey with alpha, are not supported"
+        return f"{path}: a TIFF whose samples cannot be read here ({unsupported})"
+    return f"{path}: not an image (PNG, JPEG, WebP, TIFF or BMP expected)"
+
+
 def probe_image(path: str | Path) -> None:
     """The checks `load_image` makes from the file's header (existence, format, size), without
     decoding it: a bad input fails at once, before a model is loaded or exported."""
     _open(Path(path)).close()
 
 
-GREY_MODES = ("1", "L", "LA", "La", *SIXTEEN_BIT_MODES)
 # EXIF orientation -> (quarter turns anticlockwise, then flip left-right), as exif_transpose.
 ORIENTATIONS = {
     2: (0, True),

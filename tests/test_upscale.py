@@ -18,9 +18,10 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from mor_edge.cli import main
+from mor_edge.errors import UserError
 from mor_edge.export.manifest import ArtifactError
 from mor_edge.global_norm import WholeImageNorm
-from mor_edge.image_io import LoadedImage, PngBandWriter, load_image
+from mor_edge.image_io import LoadedImage, PngBandWriter, load_image, probe_image
 from mor_edge.model import MoRSR
 from mor_edge.photos import photos
 from mor_edge.reference_engine import ReferenceEngine
@@ -247,6 +248,25 @@ def test_sixteen_bit_input_keeps_its_precision(tmp_path: Path) -> None:
     loaded = load_image(src)
     assert loaded.rgb.dtype == np.uint16 and loaded.peak == 65535
     np.testing.assert_allclose(loaded.crop(0, 20, 0, 20)[0, 0], ramp / 65535, atol=1e-7)
+
+
+def test_floating_point_images_are_refused_from_the_header(tmp_path: Path) -> None:
+    """Refused by `probe_image`, which runs before a model is loaded or exported."""
+    import tifffile
+
+    grey = save(Image.fromarray(np.zeros((8, 8), np.float32)), tmp_path / "grey.tif", "TIFF")
+    colour = tmp_path / "colour.tif"
+    tifffile.imwrite(colour, np.zeros((8, 8, 3), np.float32))
+    with pytest.raises(UserError, match="image mode F is not supported"):
+        probe_image(grey)
+    with pytest.raises(UserError, match="a TIFF whose samples cannot be read here"):
+        probe_image(colour)
+    for src in (grey, colour):
+        out_dir = tmp_path / f"out_{src.stem}"
+        out_dir.mkdir()
+        code, output = run("upscale", str(src), str(out_dir / "sr.png"), *FAST)
+        assert_clean(code, output, out_dir)
+        assert code == 1
 
 
 def test_exif_orientation_is_applied(tmp_path: Path) -> None:
