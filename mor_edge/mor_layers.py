@@ -11,8 +11,8 @@ routing path. A layer applies it in one of two equivalent forms:
 - gather (`set_selection`): only the S shared and the k selected ranks are computed, their
   rows of A and columns of B gathered by index, zero slots as zero rows. This is the
   in-graph dynamic routing of exported models (TopK + Gather), at S + k ranks of cost.
-- fold (`set_selection(..., fold=True)`): the gathered ranks folded into a per-image weight
-  before one base op.
+- fold (`set_folded`): a per-image weight with the shared and selected ranks folded in,
+  before one base op; `routing.fold_layers` makes it for all the layers of a stage together.
 
 The form a layer is in is one object, `layer.routing` (`Off`, `Dense`, `Gather`, `Fold`), and
 each form's forward is that object's; a merged weight (`merge`: a fixed mask, static
@@ -68,22 +68,20 @@ class Gather:
 
     def forward(self, layer: MoRLayer, x: torch.Tensor) -> torch.Tensor:
         a, b = layer.gathered_factors(self.indices, self.weights)
-        return layer.base(x) + layer.scaling * layer._gathered_output(x, a, b)
+        return layer.base(x) + layer._gathered_output(x, a, b)
 
 
 @dataclass(frozen=True)
-class Fold(Gather):
-    """The gathered ranks folded into one per-image weight, then one base op (on a layer
-    whose shared ranks are merged, the gather form: the fold would count them twice)."""
+class Fold:
+    """A per-image weight (N, out, in * kh * kw) with the shared and selected ranks in it, then
+    one base op. Made by `routing.fold_layers` for a whole stage at once: in-graph dynamic
+    routing on a small model is bound by the number of small ops, not their work."""
 
+    weight: torch.Tensor
     name = "fold"
 
     def forward(self, layer: MoRLayer, x: torch.Tensor) -> torch.Tensor:
-        if layer.merged:
-            return super().forward(layer, x)
-        a, b = layer.gathered_factors(self.indices, self.weights)
-        delta = torch.bmm(b, a.reshape(*a.shape[:2], -1)).reshape(a.shape[0], *layer.base.weight.shape)
-        return layer._folded_output(x, layer.base.weight + layer.scaling * delta)
+        return layer._folded_output(x, self.weight)
 
 
 RoutingForm = Off | Dense | Gather | Fold
@@ -141,7 +139,7 @@ class MoRLayer(nn.Module):
         raise NotImplementedError
 
     def _folded_output(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        """The base op with a per-image weight (N, *base.weight.shape) and the base bias."""
+        """The base op with a per-image weight (N, out, in * kh * kw) and the base bias."""
         raise NotImplementedError
 
     # -- state -------------------------------------------------------------------------
@@ -149,10 +147,13 @@ class MoRLayer(nn.Module):
         """Per-image weight of every rank, shape (N, R); None switches the adapter off."""
         self.routing = Off() if rank_weights is None else Dense(rank_weights)
 
-    def set_selection(self, indices: torch.Tensor, weights: torch.Tensor, fold: bool = False) -> None:
-        """Selected slots (N, k) and their gate weights (N, k), applied in gather form: on the
-        activations, or (``fold=True``) folded into a per-image weight before one base op."""
-        self.routing = Fold(indices, weights) if fold else Gather(indices, weights)
+    def set_selection(self, indices: torch.Tensor, weights: torch.Tensor) -> None:
+        """Selected slots (N, k) and their gate weights (N, k), applied on the activations."""
+        self.routing = Gather(indices, weights)
+
+    def set_folded(self, weight: torch.Tensor) -> None:
+        """A per-image weight (N, out, in * kh * kw) with the ranks in use folded in."""
+        self.routing = Fold(weight)
 
     @property
     def rank_weights(self) -> torch.Tensor | None:
@@ -208,28 +209,50 @@ class MoRLayer(nn.Module):
         h = self._scale_ranks(h, rank_weights.to(h.dtype))
         return self.scaling * self._up(h)
 
+    def slot_factors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """A's rows (E + Z, in * kh * kw) and B's columns as rows (E + Z, out), scaled by the
+        LoRA scaling, of the routed slots; zero slots are zero rows."""
+        s, z = self.shared, self.zero_slots
+        a = self.lora_A.reshape(self.rank, -1)
+        b = self.lora_B.reshape(self.lora_B.shape[0], self.rank).t() * self.scaling
+        # torch.zeros rather than Tensor.new_zeros: every converter (coremltools) knows it
+        a_zero = torch.zeros((z, a.shape[1]), dtype=a.dtype, device=a.device)
+        b_zero = torch.zeros((z, b.shape[1]), dtype=b.dtype, device=b.device)
+        return torch.cat([a[s:], a_zero]), torch.cat([b[s:], b_zero])
+
+    def routed_factors(
+        self, indices: torch.Tensor, weights: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-image A (N, k, ...) and B (N, out, k) of the selected slots, B scaled by the
+        gate weights and the LoRA scaling."""
+        a_slots, b_slots = self.slot_factors()
+        a = a_slots[indices].reshape(*indices.shape, *self.lora_A.shape[1:])
+        b = b_slots[indices] * weights.to(b_slots.dtype)[..., None]
+        return a, b.transpose(1, 2)
+
     def gathered_factors(
         self, indices: torch.Tensor, weights: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-image A (N, S+k, ...) and weighted B (N, out, S+k) of the shared and selected
-        ranks (without the shared ones when `merge_shared` folded them into the base weight).
-        Zero slots index zero rows/columns appended after the E routed ones."""
-        n, s = indices.shape[0], self.shared
-        a, b = self.lora_A, self.lora_B.reshape(self.lora_B.shape[0], self.rank)
-        # torch.zeros/ones rather than Tensor.new_*: every converter (coremltools) knows them
-        a_slots = torch.cat(
-            [a[s:], torch.zeros((self.zero_slots, *a.shape[1:]), dtype=a.dtype, device=a.device)]
-        )
-        b_slots = torch.cat(
-            [b[:, s:], torch.zeros((b.shape[0], self.zero_slots), dtype=b.dtype, device=b.device)], dim=1
-        )
-        a_sel = torch.cat([a[:s].expand(n, *a[:s].shape), a_slots[indices]], dim=1)
-        b_sel = torch.cat([b[:, :s].expand(n, *b[:, :s].shape), b_slots[:, indices].transpose(0, 1)], dim=2)
-        w = torch.cat([torch.ones((n, s), dtype=weights.dtype, device=weights.device), weights], dim=1)
-        w = w.to(b_sel.dtype)
+        """`routed_factors` with the S shared ranks in front (weight 1), unless `merge_shared`
+        folded them into the base weight."""
+        a_sel, b_sel = self.routed_factors(indices, weights)
         if self._merged_ranks == "shared":
-            return a_sel[:, s:], b_sel[:, :, s:] * w[:, None, s:]
-        return a_sel, b_sel * w[:, None, :]
+            return a_sel, b_sel
+        n, s = indices.shape[0], self.shared
+        a_shared = self.lora_A[:s]
+        b_shared = self.lora_B.reshape(self.lora_B.shape[0], self.rank)[:, :s] * self.scaling
+        return (
+            torch.cat([a_shared.expand(n, *a_shared.shape), a_sel], dim=1),
+            torch.cat([b_shared.expand(n, *b_shared.shape), b_sel], dim=2),
+        )
+
+    def shared_weight(self) -> torch.Tensor:
+        """The base weight with the S shared ranks added (as it is after `merge_shared`)."""
+        if self._merged_ranks == "shared":
+            return self.base.weight
+        mask = torch.zeros(self.rank, dtype=self.base.weight.dtype, device=self.base.weight.device)
+        mask[: self.shared] = 1
+        return self.base.weight + self.delta_weight(mask)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._merged_ranks == "all":  # a fixed expert mask is in the weight
@@ -269,11 +292,12 @@ class MoRLinear(MoRLayer):
         return y.reshape(*x.shape[:-1], b.shape[1])
 
     def _folded_output(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        x3 = x.reshape(x.shape[0], -1, x.shape[-1])
+        flat = x.dim() == 3  # (N, tokens, in), as in attention: no reshapes in the graph
+        x3 = x if flat else x.reshape(x.shape[0], -1, x.shape[-1])
         y = torch.bmm(x3, weight.transpose(1, 2))
         if self.base.bias is not None:
             y = y + self.base.bias
-        return y.reshape(*x.shape[:-1], weight.shape[1])
+        return y if flat else y.reshape(*x.shape[:-1], weight.shape[1])
 
 
 class MoRConv2d(MoRLayer):
@@ -316,6 +340,8 @@ class MoRConv2d(MoRLayer):
         if b.padding_mode != "zeros":
             x = F.pad(x, b._reversed_padding_repeated_twice, mode=b.padding_mode)
             padding = (0, 0)
+        if n == 1:  # one image (a fixed size when traced for export): no reshapes in the graph
+            return F.conv2d(x, weight, bias, b.stride, padding, b.dilation)
         y = F.conv2d(x.reshape(1, -1, *x.shape[2:]), weight, bias, b.stride, padding, b.dilation, groups=n)
         return y.reshape(n, -1, *y.shape[2:])
 
@@ -328,7 +354,7 @@ class MoRConv2d(MoRLayer):
     def _folded_output(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         n = x.shape[0]
         bias = self.base.bias.repeat(n) if self.base.bias is not None else None
-        return self._grouped_conv(x, weight.reshape(-1, *weight.shape[2:]), bias, n)
+        return self._grouped_conv(x, weight.reshape(-1, *self.base.weight.shape[1:]), bias, n)
 
 
 def wrap_layer(module: nn.Module, config: MoRConfig, gate_dim: int) -> MoRLayer | None:

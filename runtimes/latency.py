@@ -59,9 +59,10 @@ def machine() -> dict[str, Any]:
     }
 
 
-def run_bench(runtime: Runtime, warmup: int = 3, runs: int = 10, progress: bool = True) -> dict[str, Any]:
-    """Time every stage (bucket 0's variant in static mode) and the whole pipeline: the
-    router on one image, then one call of the image stages on a full batch of tiles."""
+def bench_calls(runtime: Runtime) -> dict[str, Callable[[], Any]]:
+    """What `run_bench` times, by name: every stage (bucket 0's variant in static mode) on its
+    dummy inputs, and "end_to_end": the router on one image, then one call of the image
+    stages on a full batch of tiles."""
     bucket = 0 if runtime.artifact.routing == "static" else None
     calls: dict[str, Callable[[], Any]] = {}
     for stage in STAGES:
@@ -69,6 +70,13 @@ def run_bench(runtime: Runtime, warmup: int = 3, runs: int = 10, progress: bool 
         calls[stage] = functools.partial(runtime.run_stage, stage, runtime.specs[stage].dummy_inputs(), b)
     image, tiles = runtime.specs["router"].dummy_inputs()["lr"], runtime.specs["encoder"].dummy_inputs()["lr"]
     calls["end_to_end"] = lambda: runtime.run(tiles, runtime.route(image))
+    return calls
+
+
+def run_bench(runtime: Runtime, warmup: int = 3, runs: int = 10, progress: bool = True) -> dict[str, Any]:
+    """Time each of `bench_calls` back to back: median and p90 ms per stage and end to end,
+    with the runtime's description."""
+    calls = bench_calls(runtime)
     timings = {
         name: time_call(call, warmup, runs)
         for name, call in tqdm(calls.items(), desc="bench", disable=not progress, unit="stage")

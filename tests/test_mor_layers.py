@@ -9,7 +9,7 @@ from torch import nn
 
 from mor_edge.config import MoRConfig
 from mor_edge.mor_layers import MoRConv2d, MoRLayer, MoRLinear
-from mor_edge.routing import rank_weights, route_layer
+from mor_edge.routing import apply_routing, rank_weights, route_layer
 
 CFG = MoRConfig(rank=10, shared=3, zero_slots=3, top_k=4, alpha=7.0)
 K = 4  # gate inputs
@@ -149,11 +149,42 @@ def test_gather_form_equals_dense_form(kind: str) -> None:
 def test_folded_gather_form_equals_dense_form(kind: str) -> None:
     """The in-graph weight-folding form of dynamic routing gives the same output."""
     layer, x = make_layer(kind)
-    routing = route_layer(layer, torch.rand(x.shape[0], K))
-    layer.set_rank_weights(rank_weights(routing, CFG.shared))
+    s = torch.rand(x.shape[0], K)
+    layer.set_rank_weights(rank_weights(route_layer(layer, s), CFG.shared))
     dense = layer(x)
-    layer.set_selection(routing.indices, routing.weights, fold=True)
+    apply_routing({"layer": layer}, s, form="fold")
+    assert layer.mode == "fold"
     torch.testing.assert_close(layer(x), dense, rtol=0, atol=1e-5)
+
+
+def test_layers_are_folded_together_by_weight_shape() -> None:
+    """`fold_layers` stacks the layers of one weight shape, a conv and a linear layer among
+    them (8 x 6*3*3 = 8 x 54): each layer gets its own routing and weight."""
+    torch.manual_seed(1)
+    layers: dict[str, MoRLayer] = {
+        "conv": MoRConv2d(nn.Conv2d(6, 8, 3, padding=1), CFG, K),
+        "linear54": MoRLinear(nn.Linear(54, 8), CFG, K),
+        "linear12a": MoRLinear(nn.Linear(12, 9), CFG, K),
+        "linear12b": MoRLinear(nn.Linear(12, 9), CFG, K),
+    }
+    inputs = {
+        "conv": torch.randn(2, 6, 7, 7),
+        "linear54": torch.randn(2, 5, 54),
+        "linear12a": torch.randn(2, 5, 12),
+        "linear12b": torch.randn(2, 5, 12),
+    }
+    for layer in layers.values():
+        nn.init.normal_(layer.lora_B, std=0.5)
+    s = torch.rand(2, K)
+    with torch.no_grad():
+        routings = apply_routing(layers, s)  # dense
+        dense = {n: layers[n](x) for n, x in inputs.items()}
+        assert apply_routing(layers, s, form="fold").keys() == routings.keys()
+        for name, x in inputs.items():
+            assert layers[name].mode == "fold"
+            torch.testing.assert_close(layers[name](x), dense[name], rtol=0, atol=1e-5, msg=name)
+    # the two same-shaped linear layers route differently, so a mix-up would show
+    assert not torch.equal(routings["linear12a"].indices, routings["linear12b"].indices)
 
 
 @pytest.mark.parametrize("kind", ["linear", "conv"])
@@ -161,16 +192,18 @@ def test_every_form_on_shared_merged_weights_equals_dense(kind: str) -> None:
     """The state is one routing form plus a merge: with the shared ranks in the base weight
     (static Core ML slices), dense, gather and fold each add only the routed ranks."""
     layer, x = make_layer(kind)
-    routing = route_layer(layer, torch.rand(x.shape[0], K))
+    s = torch.rand(x.shape[0], K)
+    routing = route_layer(layer, s)
     layer.set_rank_weights(rank_weights(routing, CFG.shared))
     assert layer.mode == "dense"
     with torch.no_grad():
         want = layer(x)
         layer.merge_shared()
         outputs = {"dense": layer(x)}
-        for fold in (False, True):
-            layer.set_selection(routing.indices, routing.weights, fold=fold)
-            outputs[layer.mode] = layer(x)
+        layer.set_selection(routing.indices, routing.weights)
+        outputs[layer.mode] = layer(x)
+        apply_routing({"layer": layer}, s, form="fold")
+        outputs[layer.mode] = layer(x)
         layer.unmerge()
     assert set(outputs) == {"dense", "gather", "fold"}
     for form, got in outputs.items():

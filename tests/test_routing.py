@@ -7,7 +7,14 @@ from torch import nn
 
 from mor_edge.config import MoRConfig
 from mor_edge.mor_layers import MoRLinear
-from mor_edge.routing import Buckets, apply_routing, load_balancing_loss, route_logits, routing_stats
+from mor_edge.routing import (
+    Buckets,
+    apply_routing,
+    load_balancing_loss,
+    route_layer,
+    route_logits,
+    routing_stats,
+)
 
 CFG = MoRConfig(rank=12, shared=4, zero_slots=4, top_k=4, alpha=12.0)
 
@@ -41,6 +48,18 @@ def test_routing_is_constant_inside_a_bucket() -> None:
         assert torch.equal(r.weights, r.weights[:1].expand_as(r.weights))
     # without buckets the same inputs do not all route alike
     assert any(not (r.indices == r.indices[0]).all() for r in exact.values())
+
+
+def test_stacked_gates_route_as_each_layer_alone() -> None:
+    """`apply_routing` computes every gate in one matmul and top-k: the same selections and
+    weights as each layer's own gate."""
+    ls = layers(5)
+    s = torch.rand(16, 4, generator=torch.Generator().manual_seed(2))
+    for name, got in apply_routing(ls, s).items():
+        want = route_layer(ls[name], s)
+        assert torch.equal(got.indices, want.indices), name
+        torch.testing.assert_close(got.weights, want.weights, rtol=0, atol=1e-6)
+        torch.testing.assert_close(got.probs, want.probs, rtol=0, atol=1e-6)
 
 
 def test_routing_stats_count_real_experts() -> None:
