@@ -17,6 +17,10 @@ from .mor_layers import MoRLayer
 from .stage_contract import nearest_centre
 
 ROUTING_FORMS = ("dense", "gather", "fold")
+# `fold_layers` adds a group's base weights as one stacked constant up to this size, each
+# layer's on its own above it: ONNX Runtime folds no constant over 1 GiB at load, and an SD
+# 2.1 UNet's 1280-channel convolutions stacked (1.18 GB) were copied on every call.
+STACKED_BASE_BYTES = 64 * 2**20
 
 
 @dataclass
@@ -78,8 +82,9 @@ def stacked_routing(layers: Sequence[MoRLayer], s: torch.Tensor) -> Routing:
 def fold_layers(layers: Sequence[MoRLayer], routing: Routing) -> None:
     """Give every layer its per-image folded weight (the "fold" form) from a stacked routing.
     Layers with the same weight shape are folded together: one gather of A's rows, one of B's,
-    one batched matmul and one add per shape instead of per layer (the tiny UNet's 73 routed
-    layers have 17 shapes, the encoder's 16 have 9)."""
+    one batched matmul and (up to `STACKED_BASE_BYTES` of base weights) one add per shape
+    instead of per layer (the tiny UNet's 73 routed layers have 17 shapes, the encoder's 16
+    have 9)."""
     groups: dict[tuple[int, int], list[int]] = {}
     for i, m in enumerate(layers):  # int(): a traced size is a tensor, hashed by identity
         groups.setdefault((int(m.lora_B.shape[0]), int(m.lora_A[0].numel())), []).append(i)
@@ -91,9 +96,13 @@ def fold_layers(layers: Sequence[MoRLayer], routing: Routing) -> None:
         rows = routing.indices[:, members] + offsets  # (N, L, k)
         a = torch.cat([t[0] for t in tables])[rows]  # (N, L, k, size)
         b = torch.cat([t[1] for t in tables])[rows] * routing.weights[:, members, :, None].to(a.dtype)
-        base = torch.stack([layers[i].shared_weight().reshape(out, size) for i in members])
-        folded = base + b.transpose(-1, -2) @ a  # (N, L, out, size)
-        for i, weight in zip(members, folded.unbind(1), strict=True):
+        delta = b.transpose(-1, -2) @ a  # (N, L, out, size)
+        bases = [layers[i].shared_weight().reshape(out, size) for i in members]
+        if int(sum(w.numel() * w.element_size() for w in bases)) <= STACKED_BASE_BYTES:
+            weights = list((torch.stack(bases) + delta).unbind(1))
+        else:
+            weights = [w + d for w, d in zip(bases, delta.unbind(1), strict=True)]
+        for i, weight in zip(members, weights, strict=True):
             layers[i].set_folded(weight)
 
 

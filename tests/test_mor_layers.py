@@ -7,6 +7,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 from torch import nn
 
+from mor_edge import routing as routing_module
 from mor_edge.config import MoRConfig
 from mor_edge.mor_layers import MoRConv2d, MoRLayer, MoRLinear
 from mor_edge.routing import apply_routing, rank_weights, route_layer
@@ -157,9 +158,14 @@ def test_folded_gather_form_equals_dense_form(kind: str) -> None:
     torch.testing.assert_close(layer(x), dense, rtol=0, atol=1e-5)
 
 
-def test_layers_are_folded_together_by_weight_shape() -> None:
+@pytest.mark.parametrize("stacked_base_bytes", [routing_module.STACKED_BASE_BYTES, 0])
+def test_layers_are_folded_together_by_weight_shape(
+    stacked_base_bytes: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """`fold_layers` stacks the layers of one weight shape, a conv and a linear layer among
-    them (8 x 6*3*3 = 8 x 54): each layer gets its own routing and weight."""
+    them (8 x 6*3*3 = 8 x 54): each layer gets its own routing and weight, with the base
+    weights added as one stack or (over the size limit) one by one."""
+    monkeypatch.setattr(routing_module, "STACKED_BASE_BYTES", stacked_base_bytes)
     torch.manual_seed(1)
     layers: dict[str, MoRLayer] = {
         "conv": MoRConv2d(nn.Conv2d(6, 8, 3, padding=1), CFG, K),
