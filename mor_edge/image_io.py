@@ -40,8 +40,8 @@ ALPHA_FORMATS = ("PNG", "WEBP", "TIFF")
 MAX_PIXELS = 50_000_000  # input limit: guards against decompression bombs and absurd sizes
 SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I")
 GREY_MODES = ("1", "L", "LA", "La", *SIXTEEN_BIT_MODES)
-# Every mode `_split` turns into 8- or 16-bit RGB (+ alpha); others (F: floating point) fail
-# in `_open`, before a model is loaded or exported.
+# Exactly the modes `_split` turns into 8- or 16-bit RGB (+ alpha); others (F: floating point)
+# fail in `_open`, before a model is loaded or exported.
 INPUT_MODES = (*GREY_MODES, "P", "PA", "CMYK", "YCbCr", "LAB", "HSV", "RGBX", "RGB", "RGBA")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp")
 # What Pillow's decoders raise on damaged files (OSError covers truncation and codec errors).
@@ -160,9 +160,7 @@ def _split(image: Image.Image, path: Path) -> tuple[np.ndarray, np.ndarray | Non
     if image.mode == "RGBA":
         array = np.asarray(image)
         return np.ascontiguousarray(array[..., :3]), np.ascontiguousarray(array[..., 3])
-    if image.mode != "RGB":
-        raise UserError(f"{path}: image mode {mode} is not supported")
-    return np.asarray(image), None
+    return np.asarray(image), None  # RGB: `_open` let through only the modes handled above
 
 
 def _sixteen_bit_colour(image: Image.Image, path: Path) -> np.ndarray | None:

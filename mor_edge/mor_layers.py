@@ -4,7 +4,7 @@ A LoRA of rank R is treated as R rank-1 experts ``b_i a_i^T``. The first S are s
 always on; the other E are routed by a per-layer gate over E + Z slots (Z zero slots that
 add nothing). A layer does not route by itself: the model computes per-image routing with
 `mor_edge.routing` and hands it to each layer, so training, evaluation and export share one
-routing path. A layer applies it in one of two equivalent forms:
+routing path. A layer applies it in one of three equivalent forms:
 
 - dense (`set_rank_weights`): all R ranks are computed and scaled by per-image weights
   (0 for unselected experts). Simple, and what training uses.

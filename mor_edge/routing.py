@@ -123,10 +123,11 @@ def apply_routing(
         s = buckets.snap(s)
     if not layers:
         return {}
-    stacked = stacked_routing(list(layers.values()), s)
+    members = list(layers.values())
+    stacked = stacked_routing(members, s)
     routings = {name: stacked.layer(i) for i, name in enumerate(layers)}
     if form == "fold":
-        fold_layers(list(layers.values()), stacked)
+        fold_layers(members, stacked)
     for name, layer in layers.items():
         if form == "dense":
             layer.set_rank_weights(rank_weights(routings[name], layer.shared))
