@@ -1,4 +1,5 @@
-"""Latency of MoR routing modes on ONNX Runtime against the no-adapter base and PyTorch eager.
+"""Latency of MoR routing modes on ONNX Runtime (or OpenVINO) against the no-adapter base and
+PyTorch eager.
 
 For each preset (tiny: the built-in model; sd21: SD 2.1-base architecture at 512x512 output
 with seeded random weights) it exports (a) base without adapters, (b) MoR static (one bucket:
@@ -9,6 +10,10 @@ slow spell of a shared machine falls on all modes alike; sd21's artifacts (a 3.5
 each) are timed one mode after another, each deleted before the next is exported.
 
     python benchmarks/onnx_latency.py --presets tiny sd21 --out benchmarks/results/onnx_latency.json
+
+`--target openvino` times the same modes as OpenVINO IR (FP32, or `--precision bf16`): the
+runtimes differ in what in-graph routing costs (ONNX Runtime gives its blocked convolution
+layout only to constant weights; the `fold` form's weights are computed per image).
 """
 
 from __future__ import annotations
@@ -41,13 +46,13 @@ def build(preset: str) -> Any:
     return load_model(None) if preset == "tiny" else random_model(sd21_config(label="random sd21"), seed=0)
 
 
-def export_child(preset: str, mode: str, out: str) -> None:
+def export_child(preset: str, mode: str, out: str, target: str, precision: str) -> None:
     """Runs in a fresh process: export one artifact and print its peak RSS."""
     from mor_edge.export.exporter import export
     from mor_edge.routing import Buckets
 
     model = build(preset)
-    options = dict(MODES[mode])
+    options = {**MODES[mode], "target": target, "precision": precision}
     buckets = Buckets(torch.full((1, len(model.config.prompt_pairs)), 0.5)) if mode == "static" else None
     t0 = time.perf_counter()
     export(model, out, buckets=buckets, progress=False, **options)  # type: ignore[arg-type]
@@ -83,10 +88,14 @@ def main() -> None:
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
     parser.add_argument("--warmup", type=int, default=None, help="default: 3 (tiny), 1 (sd21)")
     parser.add_argument("--runs", type=int, default=None, help="default: 15 (tiny), 3 (sd21)")
+    parser.add_argument("--target", default="onnx", choices=["onnx", "openvino"])
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="bf16: openvino only")
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     parser.add_argument("--workdir", type=Path, default=None, help="where artifacts go (default: a temp dir)")
-    parser.add_argument("--export-child", nargs=3, metavar=("PRESET", "MODE", "OUT"), help=argparse.SUPPRESS)
+    parser.add_argument("--export-child", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.precision == "bf16" and args.target != "openvino":
+        parser.error("--precision bf16 needs --target openvino")
     if args.export_child:
         export_child(*args.export_child)
         return
@@ -96,7 +105,13 @@ def main() -> None:
 
     torch.set_num_threads(torch.get_num_threads())
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="mor-bench-"))
-    results: dict[str, Any] = {"machine": machine(), "torch_threads": torch.get_num_threads(), "presets": {}}
+    results: dict[str, Any] = {
+        "machine": machine(),
+        "torch_threads": torch.get_num_threads(),
+        "target": args.target,
+        "precision": args.precision,
+        "presets": {},
+    }
     for preset in args.presets:
         warmup = args.warmup if args.warmup is not None else (3 if preset == "tiny" else 1)
         runs = args.runs if args.runs is not None else (15 if preset == "tiny" else 3)
@@ -106,7 +121,8 @@ def main() -> None:
         for mode in args.modes:
             out = workdir / f"{preset}-{mode}"
             shutil.rmtree(out, ignore_errors=True)
-            cmd = [sys.executable, __file__, "--export-child", preset, mode, str(out)]
+            child_args = [preset, mode, str(out), args.target, args.precision]
+            cmd = [sys.executable, __file__, "--export-child", *child_args]
             child = subprocess.run(cmd, check=True, capture_output=True, text=True)
             export_info = json.loads(child.stdout.strip().splitlines()[-1])
             size_mb = sum(p.stat().st_size for p in out.iterdir()) / 1e6
@@ -138,7 +154,9 @@ def main() -> None:
 def print_table(results: dict[str, Any]) -> None:
     for preset, entry in results["presets"].items():
         modes = entry["modes"]
-        print(f"\n{preset}: ONNX Runtime FP32 median ms ({entry['runs']} runs), ratios against base")
+        runtime = {"onnx": "ONNX Runtime", "openvino": "OpenVINO"}[results.get("target", "onnx")]
+        precision = results.get("precision", "fp32").upper()
+        print(f"\n{preset}: {runtime} {precision} median ms ({entry['runs']} runs), ratios against base")
         header = f"{'stage':<11}{'eager':>10}" + "".join(f"{m:>16}" for m in modes)
         print(header)
         for stage in ("router", "encoder", "unet", "decoder", "end_to_end"):
@@ -157,7 +175,7 @@ def print_table(results: dict[str, Any]) -> None:
                 s: entry["eager"][s] / base_modes["stages"][s]
                 for s in ("router", "encoder", "unet", "decoder")
             }
-            print("eager / ORT base per stage: " + ", ".join(f"{s} {r:.2f}x" for s, r in eager_ratio.items()))
+            print("eager / base per stage: " + ", ".join(f"{s} {r:.2f}x" for s, r in eager_ratio.items()))
         for mode, info in modes.items():
             print(
                 f"export {mode}: {info['export_s']:.0f} s, peak RSS {info['peak_rss_gib']:.2f} GiB, "
