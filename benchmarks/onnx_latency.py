@@ -92,7 +92,8 @@ def main() -> None:
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="bf16: openvino only")
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     parser.add_argument("--workdir", type=Path, default=None, help="where artifacts go (default: a temp dir)")
-    parser.add_argument("--export-child", nargs=5, help=argparse.SUPPRESS)
+    child_metavar = ("PRESET", "MODE", "OUT", "TARGET", "PRECISION")
+    parser.add_argument("--export-child", nargs=5, metavar=child_metavar, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.precision == "bf16" and args.target != "openvino":
         parser.error("--precision bf16 needs --target openvino")
