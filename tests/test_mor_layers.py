@@ -147,8 +147,8 @@ def test_gather_form_equals_dense_form(kind: str) -> None:
 
 
 @pytest.mark.parametrize("kind", ["linear", "conv"])
-def test_folded_gather_form_equals_dense_form(kind: str) -> None:
-    """The in-graph weight-folding form of dynamic routing gives the same output."""
+def test_fold_form_equals_dense_form(kind: str) -> None:
+    """The in-graph weight-folding form of dynamic routing (`fold_layers`) gives the same output."""
     layer, x = make_layer(kind)
     s = torch.rand(x.shape[0], K)
     layer.set_rank_weights(rank_weights(route_layer(layer, s), CFG.shared))
