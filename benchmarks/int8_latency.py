@@ -2,10 +2,10 @@
 
 tiny: the built-in model exported with the CLI defaults (static, 16 buckets; int8 with a
 64-sample calibration set) for each target and precision; every artifact gets `run_parity`
-(PSNR against the FP32 reference, PSNR-Y against HR on the evaluation photos); then each of
-`bench_calls` (every stage, and end to end) is timed on all the artifacts in alternating
-rounds, median of `--runs`, so that a slow spell of a shared machine falls on every artifact
-alike and the INT8 / FP32 ratios hold.
+(PSNR against the FP32 reference, PSNR-Y against HR on the evaluation photos); then every
+stage and the end-to-end call of all the artifacts are timed in alternating rounds
+(`bench_alternating`), median of `--runs`, so that a slow spell of a shared machine falls on
+every artifact alike and the INT8 / FP32 ratios hold.
 
 sd21: the whole pipeline at 512x512 output with seeded random weights ("random weights are
 fine for speed"), one static bucket, exported to OpenVINO FP32 and INT8 (NNCF, calibrated on
@@ -39,7 +39,7 @@ def tiny(root: Path, runs: int) -> dict[str, Any]:
     from mor_edge.builtin import load_model
     from mor_edge.calib.sampling import build_calibration_set
     from mor_edge.export.exporter import export
-    from mor_edge.runtimes.latency import bench_calls, time_alternating
+    from mor_edge.runtimes.latency import bench_alternating
     from mor_edge.runtimes.parity import run_parity
     from mor_edge.runtimes.registry import load_runtime
 
@@ -67,17 +67,11 @@ def tiny(root: Path, runs: int) -> dict[str, Any]:
             "psnr_db": {k: parity[k]["psnr_db"] for k in ("encoder", "unet", "decoder", "end_to_end")},
             "hr_psnr_y_db": parity["hr_psnr_y_db"],
             "hr_psnr_delta_db": parity["hr_psnr_delta_db"],
-            "latency_ms": {},
         }
         print(key, json.dumps(results[key]), flush=True)
-    calls = {key: bench_calls(runtime) for key, runtime in runtimes.items()}
-    for name in calls[next(iter(calls))]:
-        median = time_alternating({key: c[name] for key, c in calls.items()}, warmup=3, runs=runs)
-        for key, ms in median.items():
-            results[key]["latency_ms"][name] = ms
-        print(name, json.dumps(median), flush=True)
-    for result in results.values():
-        result["end_to_end_ms"] = result["latency_ms"].pop("end_to_end")
+    for key, bench in bench_alternating(runtimes, warmup=3, runs=runs).items():
+        results[key].update(latency_ms=bench["stages"], end_to_end_ms=bench["end_to_end"])
+        print(key, json.dumps(bench), flush=True)
     for target in ("onnx", "openvino"):
         f, q = results[f"{target}-fp32"], results[f"{target}-int8"]
         results[f"{target}-int8-speedup"] = {

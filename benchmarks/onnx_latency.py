@@ -5,7 +5,7 @@ For each preset (tiny: the built-in model; sd21: SD 2.1-base architecture at 512
 with seeded random weights) it exports (a) base without adapters, (b) MoR static (one bucket:
 latency does not depend on which), (c) MoR dynamic, each in a fresh process whose peak RSS is
 recorded, then times every stage on ONNX Runtime and in PyTorch eager, all in this one run.
-For tiny every mode's stages are timed in alternating rounds (`time_alternating`), so that a
+For tiny every mode's stages are timed in alternating rounds (`bench_alternating`), so that a
 slow spell of a shared machine falls on all modes alike; sd21's artifacts (a 3.5 GB UNet
 each) are timed one mode after another, each deleted before the next is exported.
 
@@ -101,7 +101,7 @@ def main() -> None:
         export_child(*args.export_child)
         return
 
-    from mor_edge.runtimes.latency import bench_calls, machine, run_bench, time_alternating
+    from mor_edge.runtimes.latency import bench_alternating, machine, run_bench
     from mor_edge.runtimes.registry import load_runtime
 
     torch.set_num_threads(torch.get_num_threads())
@@ -118,7 +118,7 @@ def main() -> None:
         runs = args.runs if args.runs is not None else (15 if preset == "tiny" else 3)
         alternate = preset == "tiny"  # sd21: one 3.5 GB UNet in memory at a time
         entry: dict[str, Any] = {"warmup": warmup, "runs": runs, "alternating": alternate, "modes": {}}
-        calls: dict[str, Any] = {}
+        runtimes: dict[str, Any] = {}
         for mode in args.modes:
             out = workdir / f"{preset}-{mode}"
             shutil.rmtree(out, ignore_errors=True)
@@ -129,7 +129,7 @@ def main() -> None:
             size_mb = sum(p.stat().st_size for p in out.iterdir()) / 1e6
             entry["modes"][mode] = {**export_info, "artifact_mb": size_mb}
             if alternate:
-                calls.update({f"{mode} {k}": f for k, f in bench_calls(load_runtime(out)).items()})
+                runtimes[mode] = load_runtime(out)
                 continue
             bench = run_bench(load_runtime(out), warmup=warmup, runs=runs, progress=False)
             entry["modes"][mode]["stages"] = {k: v["median_ms"] for k, v in bench["stages"].items()}
@@ -137,12 +137,10 @@ def main() -> None:
             print(preset, mode, json.dumps(entry["modes"][mode]), flush=True)
             shutil.rmtree(out)
         if alternate:  # every mode's every call in turn, so a slow spell falls on all of them
-            median = time_alternating(calls, warmup, runs)
-            for mode, info in entry["modes"].items():
-                info["stages"] = {k: median[f"{mode} {k}"] for k in ("router", "encoder", "unet", "decoder")}
-                info["end_to_end"] = median[f"{mode} end_to_end"]
-                print(preset, mode, json.dumps(info), flush=True)
-            calls.clear()
+            for mode, bench in bench_alternating(runtimes, warmup, runs).items():
+                entry["modes"][mode].update(bench)
+                print(preset, mode, json.dumps(entry["modes"][mode]), flush=True)
+            runtimes.clear()
         entry["eager"] = {k: v["median_ms"] for k, v in eager(preset, warmup, runs).items()}
         print(preset, "eager", json.dumps(entry["eager"]), flush=True)
         results["presets"][preset] = entry

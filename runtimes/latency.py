@@ -73,6 +73,18 @@ def bench_calls(runtime: Runtime) -> dict[str, Callable[[], Any]]:
     return calls
 
 
+def bench_alternating(runtimes: Mapping[str, Runtime], warmup: int, runs: int) -> dict[str, dict[str, Any]]:
+    """`bench_calls` of several runtimes timed together by `time_alternating`, so that their
+    ratios hold on a shared machine: per runtime, the median ms of each stage ("stages") and
+    of the end-to-end call ("end_to_end")."""
+    calls = {f"{key} {name}": call for key, rt in runtimes.items() for name, call in bench_calls(rt).items()}
+    median = time_alternating(calls, warmup, runs)
+    return {
+        key: {"stages": {s: median[f"{key} {s}"] for s in STAGES}, "end_to_end": median[f"{key} end_to_end"]}
+        for key in runtimes
+    }
+
+
 def run_bench(runtime: Runtime, warmup: int = 3, runs: int = 10, progress: bool = True) -> dict[str, Any]:
     """Time each of `bench_calls` back to back: median and p90 ms per stage and end to end,
     with the runtime's description."""
