@@ -45,40 +45,12 @@ from .model import MoRSR
 from .model_folder import write_weights_file
 from .photos import training_photos
 from .routing import load_balancing_loss, routing_stats
+from .train_config import TrainConfig
 
 STAGES = ("estimator", "base", "mor")
 LEVELS = tuple(SEVERITIES)
 STATE_NAME = "trainer_state.json"
 OPTIMIZER_NAME = "optimizer.safetensors"
-
-
-@dataclass
-class TrainConfig:
-    seed: int = 0
-    hr_size: int = 64  # HR crop side of the dense-base stage
-    batch_size: int = 16
-    mor_hr_size: int = 128  # HR side of the region the MoR stage trains on
-    mor_batch_size: int = 8
-    estimator_pool: int = 8000  # degraded images generated once for the estimator
-    estimator_batch_size: int = 64
-    dead_leaves: int = 64  # synthetic images added to the estimator's content (512x512 each)
-    estimator_steps: int = 4000
-    base_steps: int = 2200
-    mor_steps: int = 300
-    lr: float = 2e-3
-    estimator_lr: float = 1e-3
-    mor_lr: float = 2e-3
-    balance_weight: float = 0.05
-    # Levels of the colour step while the SR stages train. Trained with the 2-level step, the
-    # model puts its changes into the band the step leaves it; trained without the step, its
-    # gains were low-frequency noise removal that the step then undoes (measured, see README).
-    colour_levels: int = 2
-    log_every: int = 25
-    checkpoint_every: int = 250
-    images: str | None = None  # folder of images; default: the built-in training photos
-
-    def steps(self, stage: str) -> int:
-        return int(getattr(self, f"{stage}_steps"))
 
 
 @dataclass

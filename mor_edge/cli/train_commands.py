@@ -9,12 +9,22 @@ from typing import Any
 import click
 
 from ..errors import UserError
+from ..train_config import TrainConfig
 from .app import check_writable_folder, load_model_dir, main, user_errors
 from .formatting import quality_table
 
+DEFAULTS = TrainConfig()
+
 
 @main.command()
-@click.option("--preset", type=click.Choice(["tiny", "sd21"]), default="tiny", show_default=True)
+@click.option(
+    "--preset",
+    type=click.Choice(["tiny", "sd21"]),
+    default="tiny",
+    show_default=True,
+    help="tiny: the built-in model's shape, trained from scratch; sd21: Stable Diffusion 2.1's "
+    "shape (with --sd and --clip: its weights).",
+)
 @click.option(
     "--out",
     type=click.Path(file_okay=False),
@@ -22,7 +32,13 @@ from .formatting import quality_table
     show_default=True,
     help="Run folder: log.jsonl, checkpoint/ (resumed automatically), model/ at the end.",
 )
-@click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True)
+@click.option(
+    "--seed",
+    type=click.IntRange(0, 2**32 - 1),
+    default=1,
+    show_default=True,
+    help="Seeds the initial weights and every data draw (1: the built-in model's seed).",
+)
 @click.option(
     "--sd",
     "sd_folder",
@@ -43,12 +59,35 @@ from .formatting import quality_table
     default=None,
     help="Folder of HR training images (default: the built-in photos' training split).",
 )
-@click.option("--estimator-steps", type=click.IntRange(0, 1_000_000), default=None)
-@click.option("--base-steps", type=click.IntRange(0, 1_000_000), default=None)
-@click.option("--mor-steps", type=click.IntRange(0, 1_000_000), default=None)
-@click.option("--batch-size", type=click.IntRange(1, 1024), default=None)
 @click.option(
-    "--hr-size", type=click.IntRange(32, 1024), default=None, help="HR crop side (a multiple of 32, 32-1024)."
+    "--estimator-steps",
+    type=click.IntRange(0, 1_000_000),
+    default=None,
+    help=f"Steps of the degradation estimator (default {DEFAULTS.estimator_steps}; 0 skips it).",
+)
+@click.option(
+    "--base-steps",
+    type=click.IntRange(0, 1_000_000),
+    default=None,
+    help=f"Steps of the dense one-step base (default {DEFAULTS.base_steps}; 0 skips it).",
+)
+@click.option(
+    "--mor-steps",
+    type=click.IntRange(0, 1_000_000),
+    default=None,
+    help=f"Steps of the MoR experts and gates (default {DEFAULTS.mor_steps}).",
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(1, 1024),
+    default=None,
+    help=f"Batch of the base stage (default {DEFAULTS.batch_size}).",
+)
+@click.option(
+    "--hr-size",
+    type=click.IntRange(32, 1024),
+    default=None,
+    help=f"HR crop side of the base stage, a multiple of 32 (default {DEFAULTS.hr_size}).",
 )
 @click.option("--fresh", is_flag=True, help="Ignore an existing checkpoint in --out.")
 @user_errors
@@ -73,7 +112,7 @@ def train(
 
     from ..atomic import MARKER, made_by_us
     from ..model import MoRSR
-    from ..training import TrainConfig, Trainer, initial_model
+    from ..training import Trainer, initial_model
 
     overrides: dict[str, Any] = {
         k: v
@@ -168,7 +207,7 @@ def evaluate(
     SSIM-Y (border cropped) and CIEDE2000 colour difference against HR for SR and bicubic, the
     colour difference of SR brought back to the LR grid against the input, Spearman of each
     score with its degradation, active experts by severity. Writes active_experts.png and
-    grid.png to --out (grid.png only with --lr-only)."""
+    grid.png (LR / bicubic / SR / HR) to --out; with --lr-only, grid.png alone (no HR)."""
     from ..evaluation import evaluate as run_evaluate
     from ..evaluation import evaluate_lr_only, plot_active_experts, save_grid
     from ..image_io import folder_images
