@@ -17,7 +17,8 @@ from mor_edge.data import degraded_pairs, photo_index
 from mor_edge.dead_leaves import colour_palette, dead_leaves_images
 from mor_edge.degradations import DegradationSettings, degrade
 from mor_edge.model import MoRSR
-from mor_edge.training import StageLoss, TrainConfig, Trainer, TrainingData, initial_model
+from mor_edge.train_config import TrainConfig
+from mor_edge.training import StageLoss, Trainer, TrainingData, initial_model
 
 SMALL = dict(
     hr_size=32,
