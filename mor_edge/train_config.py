@@ -21,7 +21,7 @@ class TrainConfig:
     estimator_batch_size: int = 64
     dead_leaves: int = 64  # synthetic images added to the estimator's content (512x512 each)
     estimator_steps: int = 4000
-    base_steps: int = 2200
+    base_steps: int = 4400
     mor_steps: int = 300
     lr: float = 2e-3
     estimator_lr: float = 1e-3
