@@ -316,6 +316,19 @@ def test_the_builtin_model_is_the_trained_one() -> None:
         assert spearmanr(s[:, k], [lab[name] for lab in labels]).statistic > 0.55, name
 
 
+def test_train_help_states_the_recipe_that_made_the_builtin_model() -> None:
+    """`train --help` gives each stage's default from `TrainConfig` and the seed the built-in
+    model was trained from, so a bare `mor-edge train` is that recipe."""
+    from mor_edge.builtin import builtin_model
+
+    text = " ".join(CliRunner().invoke(main, ["train", "--help"]).output.split())
+    recipe = TrainConfig()
+    for field in ("estimator_steps", "base_steps", "mor_steps", "batch_size", "hr_size"):
+        flag = "--" + field.replace("_", "-")
+        assert f"(default {getattr(recipe, field)})" in text.split(flag, 1)[1].split(" --", 1)[0], flag
+    assert "seed 1`" in builtin_model().config.label and "[default: 1;" in text.split("--seed", 1)[1]
+
+
 def test_train_on_an_image_folder_and_refuse_bad_ones(tmp_path: Path) -> None:
     """`--images` crops from the user's photos (16-bit ones reduced to 8 bits); an empty
     folder or a damaged file is a one-line error and leaves no run folder behind."""

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 
@@ -14,6 +15,15 @@ from .app import check_writable_folder, load_model_dir, main, user_errors
 from .formatting import quality_table
 
 DEFAULTS = TrainConfig()
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def recipe_option(flag: str, low: int, high: int, what: str) -> Callable[[F], F]:
+    """An integer override of the `TrainConfig` field named like `flag`, its default stated."""
+    default = getattr(DEFAULTS, flag.lstrip("-").replace("-", "_"))
+    return click.option(
+        flag, type=click.IntRange(low, high), default=None, help=f"{what} (default {default})."
+    )
 
 
 @main.command()
@@ -59,36 +69,11 @@ DEFAULTS = TrainConfig()
     default=None,
     help="Folder of HR training images (default: the built-in photos' training split).",
 )
-@click.option(
-    "--estimator-steps",
-    type=click.IntRange(0, 1_000_000),
-    default=None,
-    help=f"Steps of the degradation estimator (default {DEFAULTS.estimator_steps}; 0 skips it).",
-)
-@click.option(
-    "--base-steps",
-    type=click.IntRange(0, 1_000_000),
-    default=None,
-    help=f"Steps of the dense one-step base (default {DEFAULTS.base_steps}; 0 skips it).",
-)
-@click.option(
-    "--mor-steps",
-    type=click.IntRange(0, 1_000_000),
-    default=None,
-    help=f"Steps of the MoR experts and gates (default {DEFAULTS.mor_steps}).",
-)
-@click.option(
-    "--batch-size",
-    type=click.IntRange(1, 1024),
-    default=None,
-    help=f"Batch of the base stage (default {DEFAULTS.batch_size}).",
-)
-@click.option(
-    "--hr-size",
-    type=click.IntRange(32, 1024),
-    default=None,
-    help=f"HR crop side of the base stage, a multiple of 32 (default {DEFAULTS.hr_size}).",
-)
+@recipe_option("--estimator-steps", 0, 1_000_000, "Steps of the degradation estimator; 0 skips it")
+@recipe_option("--base-steps", 0, 1_000_000, "Steps of the dense one-step base; 0 skips it")
+@recipe_option("--mor-steps", 0, 1_000_000, "Steps of the MoR experts and gates")
+@recipe_option("--batch-size", 1, 1024, "Batch of the base stage")
+@recipe_option("--hr-size", 32, 1024, "HR crop side of the base stage, a multiple of 32")
 @click.option("--fresh", is_flag=True, help="Ignore an existing checkpoint in --out.")
 @user_errors
 def train(
