@@ -21,6 +21,7 @@ from mor_edge.train_config import TrainConfig
 from mor_edge.training import StageLoss, Trainer, TrainingData, initial_model
 
 SMALL = dict(
+    seed=0,
     hr_size=32,
     batch_size=2,
     mor_hr_size=32,

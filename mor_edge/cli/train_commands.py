@@ -45,7 +45,7 @@ def recipe_option(flag: str, low: int, high: int, what: str) -> Callable[[F], F]
 @click.option(
     "--seed",
     type=click.IntRange(0, 2**32 - 1),
-    default=1,
+    default=DEFAULTS.seed,
     show_default=True,
     help="Seeds the initial weights and every data draw (1: the built-in model's seed).",
 )
