@@ -503,7 +503,8 @@ OPTION_CASES: dict[str, tuple[str, ...]] = {
     "calibrate samples below buckets": ("calibrate", "--out", "OUT/c", "--samples", "2"),
     "calibrate images missing": ("calibrate", "--out", "OUT/c", "--images", "OUT/none"),
     "evaluate out is a file": ("evaluate", "--out", "IMG"),
-    "evaluate photos missing": ("evaluate", "--photos", "OUT/none"),
+    "evaluate photos missing": ("evaluate", "--photos", "OUT/none", "--out", "OUT/e"),
+    "evaluate photos none": ("evaluate", "--photos", "OUT", "--out", "OUT/e"),
     "train hr size odd": ("train", "--out", "OUT/r", "--hr-size", "48"),
     "train images missing": ("train", "--out", "OUT/r", "--images", "OUT/none"),
     "train sd without clip": ("train", "--out", "OUT/r", "--sd", "OUT"),
@@ -524,7 +525,8 @@ def test_bad_options_and_paths(toy: Path, tmp_path: Path, case: str) -> None:
     args = [
         places.get(a.split("/")[0], a.split("/")[0]) + a[len(a.split("/")[0]) :] for a in OPTION_CASES[case]
     ]
-    before, image_before = snapshot(out), image.read_bytes()
+    before, image_before, entries = snapshot(out), image.read_bytes(), sorted(out.rglob("*"))
     run_refused(*args)
     assert snapshot(out) == before and image.read_bytes() == image_before
+    assert sorted(out.rglob("*")) == entries  # no folder made either
     assert not any(p.name.startswith(".") for p in out.iterdir())

@@ -199,9 +199,9 @@ def evaluate(
     from ..photos import evaluation_photos
 
     model = load_model_dir(model_dir)
-    folder = Path(out)
-    check_writable_folder(folder)
     named = folder_images(photos_dir) if photos_dir else evaluation_photos()
+    folder = Path(out)
+    check_writable_folder(folder)  # after the inputs are checked: bad input leaves no folder
     photos = list(named.values())
     source = photos_dir or f"held-out ({', '.join(named)})"
     if lr_only:
