@@ -394,6 +394,7 @@ def manifest_for(
         "colour": {
             "fix": c.colour_fix,
             "levels": c.colour_levels,
+            "denoise": c.denoise,
             "residual": c.residual,
             "where": "in the decoder stage's graph (input lr)" if c.decoder_takes_lr else None,
             "tile_margin": c.colour_margin,

@@ -104,6 +104,7 @@ class ModelEntry(Entry):
 
 class Colour(Entry):
     tile_margin: Annotated[StrictInt, Field(ge=0, le=1024)] = 0
+    denoise: Annotated[Real, Field(ge=0, le=1)] | None = None  # absent before 0.3.0
 
 
 class Manifest(Entry):

@@ -6,6 +6,9 @@ and shading) from the bicubic-upsampled input, as OSEDiff and StableSR do at inf
   ``high(sr) + low(up) = sr + low(up - sr)``, since the blur is linear: one low-pass of the
   difference. Its support is finite (`support` pixels each side), so tiling can keep it
   exact (`mor_edge.config.support`; `mor_edge.tiling` drops that margin from every tile's blend weights).
+  With ``denoise`` d in (0, 1], one more level's band is taken from `sr` in the proportion
+  d: the model's cleaner version of the input's fine texture, noise and JPEG blocks
+  (README: denoise).
 - ``adain``: per-channel mean and standard deviation of `sr` set to those of `up`. Global
   over whatever it sees: under tiling that is each tile.
 - ``none``: the SR image as the decoder made it.
@@ -42,9 +45,13 @@ def low_pass(image: torch.Tensor, levels: int) -> torch.Tensor:
     return image
 
 
-def wavelet_fix(sr: torch.Tensor, up: torch.Tensor, levels: int) -> torch.Tensor:
-    """high(sr) + low(up)."""
-    return sr + low_pass(up - sr, levels)
+def wavelet_fix(sr: torch.Tensor, up: torch.Tensor, levels: int, denoise: float = 0.0) -> torch.Tensor:
+    """high(sr) + low(up); with `denoise` d, the band between `levels` and `levels + 1` is
+    taken from `sr` in the proportion d (d = 1 is `levels + 1`)."""
+    low = low_pass(up - sr, levels)
+    if denoise:
+        low = low + denoise * (_blur(low, 2**levels) - low)
+    return sr + low
 
 
 def adain_fix(sr: torch.Tensor, up: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
@@ -55,10 +62,12 @@ def adain_fix(sr: torch.Tensor, up: torch.Tensor, eps: float = 1e-5) -> torch.Te
     return (sr - sr_mean) / (sr_std + eps) * up_std + up_mean
 
 
-def colour_fix(sr: torch.Tensor, up: torch.Tensor, method: str, levels: int) -> torch.Tensor:
+def colour_fix(
+    sr: torch.Tensor, up: torch.Tensor, method: str, levels: int, denoise: float = 0.0
+) -> torch.Tensor:
     """Align `sr`'s colours to `up` (both (N, 3, H, W), the same range)."""
     if method == "wavelet":
-        return wavelet_fix(sr, up, levels)
+        return wavelet_fix(sr, up, levels, denoise)
     if method == "adain":
         return adain_fix(sr, up)
     if method == "none":
@@ -76,4 +85,5 @@ class ColourStep(nn.Module):
         self.config = config
 
     def forward(self, sr: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
-        return colour_fix(sr, up, self.config.colour_fix, self.config.colour_levels)
+        c = self.config
+        return colour_fix(sr, up, c.colour_fix, c.colour_levels, c.denoise)

@@ -133,6 +133,10 @@ class MoRSRConfig:
     # Colour alignment of the SR image to the bicubic-upsampled input (`mor_edge.colour`).
     colour_fix: str = "wavelet"
     colour_levels: int = 2
+    # How much of the band between the wavelet step's `colour_levels` and `colour_levels + 1`
+    # blurs comes from the model rather than the bicubic input: 0 keeps the input's fine
+    # texture (and its noise and JPEG blocks), 1 is the model's cleaner band (one more level).
+    denoise: float = 0.0
     # The decoder's output as a residual on the bicubic-upsampled input (the built-in model;
     # off for the SD presets, whose decoder makes the whole image).
     residual: bool = False
@@ -147,6 +151,10 @@ class MoRSRConfig:
             raise ValueError(f"colour_fix must be one of {COLOUR_FIXES}, got {self.colour_fix!r}")
         if not 1 <= self.colour_levels <= 8:
             raise ValueError(f"colour_levels must be in [1, 8], got {self.colour_levels}")
+        if not 0 <= self.denoise <= 1:
+            raise ValueError(f"denoise must be in [0, 1], got {self.denoise}")
+        if self.denoise and self.colour_fix != "wavelet":
+            raise ValueError(f"denoise needs the wavelet colour step, not {self.colour_fix!r}")
 
     @property
     def sr_size(self) -> int:
@@ -164,7 +172,8 @@ class MoRSRConfig:
         if self.colour_fix != "wavelet" and not self.residual:
             return 0
         bicubic = 2 * self.scale  # two LR taps each side
-        return bicubic + (support(self.colour_levels) if self.colour_fix == "wavelet" else 0)
+        levels = self.colour_levels + (1 if self.denoise else 0)
+        return bicubic + (support(levels) if self.colour_fix == "wavelet" else 0)
 
     @property
     def degradation_names(self) -> list[str]:

@@ -97,6 +97,7 @@ class ModelConfigSchema(Closed):
     seed: StrictInt = 0
     colour_fix: Name = "wavelet"
     colour_levels: Annotated[StrictInt, Field(ge=1, le=8)] = 2
+    denoise: Annotated[Real, Field(ge=0, le=1)] = 0.0
     residual: StrictBool = False
 
 

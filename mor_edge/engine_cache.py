@@ -107,10 +107,10 @@ def model_folder(model_dir: str | None) -> Path:
     return Path(model_dir) if model_dir is not None else Path(mor_edge.__file__).parent / "builtin_model"
 
 
-def cache_folder(model_dir: str | None, kind: CachedKind) -> Path | None:
+def cache_folder(model_dir: str | None, kind: CachedKind, denoise: float | None = None) -> Path | None:
     """The cache folder of a model folder's export: named by the model's name and a hash of
-    its files, read without PyTorch (a cache hit never imports it); None where the folder has
-    no config and weights to hash."""
+    its files (and of `denoise` where it overrides the config's), read without PyTorch (a cache
+    hit never imports it); None where the folder has no config and weights to hash."""
     folder = model_folder(model_dir)
     config, weights = folder / CONFIG_NAME, folder / WEIGHTS_NAME
     try:
@@ -118,7 +118,10 @@ def cache_folder(model_dir: str | None, kind: CachedKind) -> Path | None:
         with weights.open("rb") as f:
             while chunk := f.read(1 << 20):
                 digest.update(chunk)
-        name = str(json.loads(config.read_text()).get("name", "model"))
+        settings = json.loads(config.read_text())
+        name = str(settings.get("name", "model"))
+        if denoise is not None and denoise != settings.get("denoise", 0.0):
+            digest.update(f"denoise={float(denoise)!r}".encode())
     except (OSError, ValueError, AttributeError):
         return None  # loading the model reports what is wrong with it
     if not name.replace("-", "").replace("_", "").isalnum():
@@ -140,10 +143,11 @@ def _usable(folder: Path) -> bool:
         return False
 
 
-def lookup(model_dir: str | None, kind: CachedKind) -> Path | None:
-    """The cached export of the model in `model_dir` (None: the built-in model) if there is a
-    sound one and its runtime is installed. No PyTorch."""
-    folder = cache_folder(model_dir, kind)
+def lookup(model_dir: str | None, kind: CachedKind, denoise: float | None = None) -> Path | None:
+    """The cached export of the model in `model_dir` (None: the built-in model), with its
+    config's `denoise` or the one given, if there is a sound one and its runtime is installed.
+    No PyTorch."""
+    folder = cache_folder(model_dir, kind, denoise)
     if folder is None or importlib.util.find_spec(kind.runtime_module) is None:
         return None
     return folder if folder.is_dir() and _usable(folder) else None
@@ -156,7 +160,7 @@ def build(model: MoRSR, model_dir: str | None, kind: CachedKind, progress: bool 
     way."""
     if importlib.util.find_spec(kind.runtime_module) is None:
         return CacheResult(None, f"{kind.runtime_module} is not installed")
-    folder = cache_folder(model_dir, kind)
+    folder = cache_folder(model_dir, kind, model.config.denoise)
     if folder is None:
         return CacheResult(None, "the model has no weights file to key a cached export by")
     if folder.is_dir() and _usable(folder):

@@ -128,7 +128,12 @@ def evaluate(
     s_all = torch.cat(scores).numpy()
     active_all = torch.cat(active).numpy()
     values = quality(sr, bicubic(pairs.lr, scale), pairs.hr, pairs.lr, scale)
-    report: dict[str, Any] = {"images": count, "seed": seed, **_means(values)}
+    report: dict[str, Any] = {
+        "images": count,
+        "seed": seed,
+        "denoise": model.config.denoise,
+        **_means(values),
+    }
     report["by_severity"] = {
         level: _means(values, [i for i, sev in enumerate(pairs.severities) if sev == level])
         for level in SEVERITIES

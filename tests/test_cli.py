@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
+import mor_edge
 from mor_edge.cli import main
 from mor_edge.model import MoRSR
 
@@ -19,7 +21,7 @@ def run(*args: str) -> tuple[int, str]:
     return result.exit_code, result.output
 
 
-BUILTIN_HASH = "11828a7b896afb963648d732e4adbdc3fd381430039d5c4a2e56fb0ec371a852"
+BUILTIN_HASH = "20c829610bef9601b3686dc51bb2ac8276a0647742889ea7a5231911d75ebaae"
 
 
 def write_photo(path: Path, w: int = 30, h: int = 20, fmt: str = "PNG") -> Path:
@@ -151,3 +153,28 @@ def test_builtin_model_golden_output(tmp_path: Path) -> None:
     assert code == 0, text
     assert "engine: PyTorch reference (tiny: " in text
     assert_golden(tmp_path / "sr.png", "builtin_sr.png")
+
+
+def test_denoise_needs_the_wavelet_colour_step(tmp_path: Path) -> None:
+    """A model whose colour step is AdaIN has no band to clean: a one-line refusal."""
+    folder = tmp_path / "adain"
+    shutil.copytree(Path(mor_edge.__file__).parent / "builtin_model", folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "colour_fix": "adain"}))
+    image = tmp_path / "in.png"
+    Image.new("RGB", (16, 16), (10, 200, 30)).save(image)
+    result = CliRunner().invoke(
+        main,
+        [
+            "upscale",
+            str(image),
+            str(tmp_path / "o.png"),
+            "--model",
+            str(folder),
+            "--reference",
+            "--denoise",
+            "0.5",
+        ],
+    )
+    assert result.exit_code == 1 and "--denoise needs the wavelet colour step" in result.output
+    assert not (tmp_path / "o.png").exists()

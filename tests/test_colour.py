@@ -74,8 +74,10 @@ class ColourStepOnly:
 
     scale, router_size, batch = 4, 8, 1
 
-    def __init__(self, levels: int, keep_margin: bool = True) -> None:
-        self.config = dataclasses.replace(MoRSRConfig(scale=4), colour_levels=levels, residual=False)
+    def __init__(self, levels: int, keep_margin: bool = True, denoise: float = 0.0) -> None:
+        self.config = dataclasses.replace(
+            MoRSRConfig(scale=4), colour_levels=levels, residual=False, denoise=denoise
+        )
         self.keep_margin = keep_margin
 
     @property
@@ -89,7 +91,8 @@ class ColourStepOnly:
         x = torch.from_numpy(lr)
         up = bicubic(x, (x.shape[-2] * 4, x.shape[-1] * 4)).clamp(0, 1)
         sr = F.interpolate(1 - x, scale_factor=4, mode="nearest")
-        return colour_fix(sr, up, "wavelet", self.config.colour_levels).numpy()
+        c = self.config
+        return colour_fix(sr, up, "wavelet", c.colour_levels, c.denoise).numpy()
 
     def passes(self) -> int:
         return 0
@@ -98,18 +101,43 @@ class ColourStepOnly:
         pass
 
 
-@pytest.mark.parametrize("levels", [1, 2, 3])
+@pytest.mark.parametrize("levels,denoise", [(1, 0.0), (2, 0.0), (3, 0.0), (1, 0.5), (2, 1.0)])
 @pytest.mark.parametrize("h,w", [(37, 90), (64, 64), (70, 41)])
-def test_tiled_equals_untiled_for_the_colour_step(levels: int, h: int, w: int) -> None:
+def test_tiled_equals_untiled_for_the_colour_step(levels: int, denoise: float, h: int, w: int) -> None:
     rgb = np.random.default_rng(levels).integers(0, 256, (h, w, 3), dtype=np.uint8)
     image = LoadedImage(rgb=rgb, alpha=None, path=Path("mem"))
-    engine = ColourStepOnly(levels)
+    engine = ColourStepOnly(levels, denoise=denoise)
     whole = engine.run(image.crop(0, h, 0, w), np.zeros((1, 4), np.float32))[0].transpose(1, 2, 0)
     tiled = collect(upscale_tiled(image, engine, tile=24, overlap=8, progress=False))
     np.testing.assert_allclose(tiled, whole, atol=1e-5)
     # blending from the tile borders on, the tiles' own borders show
-    plain = collect(upscale_tiled(image, ColourStepOnly(levels, keep_margin=False), 24, 8, progress=False))
-    assert np.abs(plain - whole).max() > 1e-3
+    plain = ColourStepOnly(levels, keep_margin=False, denoise=denoise)
+    assert np.abs(collect(upscale_tiled(image, plain, 24, 8, progress=False)) - whole).max() > 1e-3
+
+
+def test_denoise_moves_one_band_from_the_input_to_the_model() -> None:
+    """0 is the plain step, 1 the step with one more level, between them a linear blend; a
+    flat colour and a grey image stay as they are at any setting."""
+    g = torch.Generator().manual_seed(5)
+    sr, up = torch.rand(2, 3, 48, 48, generator=g), torch.rand(2, 3, 48, 48, generator=g)
+    one, two = wavelet_fix(sr, up, 1), wavelet_fix(sr, up, 2)
+    assert torch.equal(wavelet_fix(sr, up, 1, 0.0), one)
+    torch.testing.assert_close(wavelet_fix(sr, up, 1, 1.0), two)
+    torch.testing.assert_close(wavelet_fix(sr, up, 1, 0.3), one + 0.3 * (two - one))
+    assert (one - two).abs().max() > 0.05  # the band is not empty: the blend can fail
+    flat_sr = torch.full((1, 3, 32, 32), 0.9)
+    flat_up = torch.tensor([0.2, 0.5, 0.7]).view(1, 3, 1, 1).expand(1, 3, 32, 32)
+    assert (wavelet_fix(flat_sr, flat_up, 1, 0.7) - flat_up).abs().max() < 1 / 255
+    grey = wavelet_fix(sr[:, :1].expand(2, 3, 48, 48), up[:, :1].expand(2, 3, 48, 48), 1, 0.7)
+    assert torch.equal(grey[:, 0], grey[:, 1]) and torch.equal(grey[:, 1], grey[:, 2])
+
+
+def test_denoise_is_checked_and_widens_the_tile_margin() -> None:
+    c = MoRSRConfig(scale=4, colour_levels=1)
+    assert dataclasses.replace(c, denoise=0.5).colour_margin == c.colour_margin + support(2) - support(1)
+    for bad in ({"denoise": 1.5}, {"denoise": -0.1}, {"denoise": 0.5, "colour_fix": "adain"}):
+        with pytest.raises(ValueError, match="denoise"):
+            dataclasses.replace(c, **bad)
 
 
 def test_residual_model_starts_as_aligned_bicubic() -> None:

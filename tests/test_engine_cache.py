@@ -158,6 +158,9 @@ def test_the_cache_is_keyed_by_the_model_files(tmp_path: Path) -> None:
     (tmp_path / "other" / "model.safetensors").write_bytes(b"changed")
     assert cache_folder(str(tmp_path / "other"), ONNX_FP32) != other
     assert cache_folder(str(tmp_path / "missing"), ONNX_FP32) is None  # loading the model reports why
+    # --denoise is part of the key where it is not the config's own (the built-in model's is 0)
+    assert cache_folder(None, ONNX_FP32, 0.0) == cache_folder(None, ONNX_FP32, None) == builtin
+    assert len({builtin, cache_folder(None, ONNX_FP32, 0.5), cache_folder(None, ONNX_FP32, 1.0)}) == 3
 
 
 @pytest.mark.parametrize(

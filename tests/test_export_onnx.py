@@ -190,13 +190,28 @@ def test_fp16_export_passes_fp16_gates(tiny_model: MoRSR, tmp_path: Path) -> Non
 def test_cli_export_parity_bench_upscale(
     tiny_model: MoRSR, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """The whole CLI path of an export made with --denoise: the manifest records it, `parity`
+    compares with the model at that setting, and `upscale` gives the model's image at it."""
     runner = CliRunner()
     out = tmp_path / "art"
     result = runner.invoke(
-        main, ["export", "--routing", "dynamic", "--out", str(out), "--samples", "2", "--skip-bench"]
+        main,
+        [
+            "export",
+            "--routing",
+            "dynamic",
+            "--out",
+            str(out),
+            "--samples",
+            "2",
+            "--skip-bench",
+            "--denoise",
+            "0.5",
+        ],
     )
     assert result.exit_code == 0, result.output
     assert "PASSED" in result.output
+    assert json.loads((out / "manifest.json").read_text())["colour"]["denoise"] == 0.5
     result = runner.invoke(main, ["parity", str(out), "--samples", "2", "--json"])
     report = json.loads(result.output)
     assert result.exit_code == 0 and report["passed"]
@@ -215,10 +230,14 @@ def test_cli_export_parity_bench_upscale(
     )
     assert result.exit_code == 0, result.output
     assert "engine: onnxruntime 1.32" in result.output and "(CPUExecutionProvider, " in result.output
+    x = torch.from_numpy(load_image(tmp_path / "in.png").array())
     with torch.no_grad():
-        want = tiny_model(torch.from_numpy(load_image(tmp_path / "in.png").array()))
+        plain = tiny_model(x)
+        monkeypatch.setattr(tiny_model.config, "denoise", 0.5)
+        want = tiny_model(x)
     got = torch.from_numpy(load_image(tmp_path / "sr.png").array())
     assert (got - want).abs().max() <= 1 / 255 + 1e-6
+    assert (got - plain).abs().max() > 4 / 255  # the setting reached the graph
 
     # A gate that fails makes the command fail, loudly.
     monkeypatch.setitem(

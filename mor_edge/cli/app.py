@@ -4,6 +4,7 @@ one-line errors, options, model loading, parity and bench runs."""
 from __future__ import annotations
 
 import functools
+import math
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -61,13 +62,22 @@ def user_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def load_model_dir(model_dir: str | None) -> Any:
+def load_model_dir(model_dir: str | None, denoise: float | None = None) -> Any:
+    """The model in `model_dir` (None: the built-in one), its config's `denoise` replaced by
+    the one given."""
     from ..builtin import load_model
 
     try:
-        return load_model(model_dir)
+        model = load_model(model_dir)
     except FileNotFoundError as exc:
         raise UserError(str(exc)) from None
+    if denoise is not None and denoise != model.config.denoise:
+        if model.config.colour_fix != "wavelet":
+            raise UserError(
+                f"--denoise needs the wavelet colour step; this model's is {model.config.colour_fix!r}"
+            )
+        model.config.denoise = denoise
+    return model
 
 
 model_option = click.option(
@@ -76,6 +86,28 @@ model_option = click.option(
     type=click.Path(file_okay=False),
     default=None,
     help="Model folder (config.json + model.safetensors). Default: the built-in model.",
+)
+
+
+class FiniteRange(click.FloatRange):
+    """A number in [min, max]; click's own range lets nan through (every comparison with nan
+    is false), which would run a command with no limit or a nan weight."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a number in the range {self._describe_range()}.", param, ctx)
+        return number
+
+
+denoise_option = click.option(
+    "--denoise",
+    type=FiniteRange(0, 1),
+    default=None,
+    help="0-1: how much of the finest band of colour and shading the model cleans (noise, JPEG "
+    "blocks) instead of keeping the input's. 0 keeps fine texture; 1 cleans degraded photos "
+    "most but smooths fine texture of good ones (measured: README, denoise). Default: the "
+    "model's own (0 for the built-in model).",
 )
 
 
@@ -152,9 +184,11 @@ def reference_for(artifact_dir: str, model_dir: str | None) -> Any:
     from mor_edge.export.manifest import Artifact
     from mor_edge.model import model_fingerprint
 
-    recorded = Artifact(artifact_dir).checked.model
+    manifest = Artifact(artifact_dir).checked
+    recorded = manifest.model
     source = model_dir or recorded.source
-    model = load_model_dir(None if source == "builtin" else source)
+    denoise = manifest.colour.denoise if manifest.colour is not None else None
+    model = load_model_dir(None if source == "builtin" else source, denoise)
     if model_fingerprint(model) != recorded.hash:
         raise UserError(
             f"{artifact_dir} was exported from a different model than {source!r} "

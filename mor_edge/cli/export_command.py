@@ -11,6 +11,7 @@ import click
 from ..errors import UserError
 from .app import (
     bench_report,
+    denoise_option,
     load_model_dir,
     main,
     model_option,
@@ -101,6 +102,7 @@ from .formatting import print_bench, print_parity, print_quantization, print_val
     "--exporter", type=click.Choice(["torchscript", "dynamo"]), default="torchscript", show_default=True
 )
 @model_option
+@denoise_option
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Artifact folder to write.")
 @click.option("--force", is_flag=True, help="Replace an existing artifact folder.")
 @click.option("--skip-parity", is_flag=True, help="Do not run the parity gates after exporting.")
@@ -120,6 +122,7 @@ def export_command(
     batch: int,
     exporter: str,
     model_dir: str | None,
+    denoise: float | None,
     out: str | None,
     force: bool,
     skip_parity: bool,
@@ -135,7 +138,7 @@ def export_command(
 
     precision = precision or make_target(target).capabilities.default_precision
     refuse_unused_options(routing, precision)
-    model = load_model_dir(model_dir)
+    model = load_model_dir(model_dir, denoise)
     options: dict[str, Any] = {} if target == "coreml" else {"exporter": exporter}  # coreml traces itself
     if target == "tensorrt":  # ModelOpt's names for the two it has
         if calibration_method == "percentile":

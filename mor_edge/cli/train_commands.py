@@ -11,7 +11,7 @@ import click
 
 from ..errors import UserError
 from ..train_config import TrainConfig
-from .app import check_writable_folder, load_model_dir, main, user_errors
+from .app import check_writable_folder, denoise_option, load_model_dir, main, user_errors
 from .formatting import quality_table
 
 DEFAULTS = TrainConfig()
@@ -177,6 +177,7 @@ def train(
     help="Treat the photos as real LR images without HR: crops are upscaled, brought back to "
     "the LR grid and compared in colour (CIEDE2000) with the input, against bicubic.",
 )
+@denoise_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @user_errors
 def evaluate(
@@ -186,6 +187,7 @@ def evaluate(
     photos_dir: str | None,
     out: str,
     lr_only: bool,
+    denoise: float | None,
     as_json: bool,
 ) -> None:
     """Evaluate MODEL_DIR (default: built-in) on held-out photos: per severity, PSNR-Y and
@@ -198,7 +200,7 @@ def evaluate(
     from ..image_io import folder_images
     from ..photos import evaluation_photos
 
-    model = load_model_dir(model_dir)
+    model = load_model_dir(model_dir, denoise)
     named = folder_images(photos_dir) if photos_dir else evaluation_photos()
     folder = Path(out)
     check_writable_folder(folder)  # after the inputs are checked: bad input leaves no folder

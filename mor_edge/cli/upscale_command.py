@@ -11,6 +11,8 @@ import click
 from ..errors import UserError
 from .app import (
     MAX_REFERENCE_TILE,
+    FiniteRange,
+    denoise_option,
     load_model_dir,
     main,
     model_option,
@@ -77,12 +79,13 @@ from .app import (
 )
 @click.option(
     "--max-minutes",
-    type=click.FloatRange(0, 10_000),
+    type=FiniteRange(0, 10_000),
     default=60,
     show_default=True,
     help="Refuse an image whose estimated time, judged from its first few tiles, is longer "
     "(0: no limit). Tiles with the same pixels run once, so flat areas cost almost nothing.",
 )
+@denoise_option
 @runtime_options
 @user_errors
 def upscale(
@@ -97,6 +100,7 @@ def upscale(
     per_tile_routing: bool,
     out_suffix: str,
     max_minutes: float,
+    denoise: float | None,
     threads: int | None,
     runtime: str,
     providers: str,
@@ -109,6 +113,8 @@ def upscale(
 
     if artifact is not None and (reference or model_dir is not None):
         raise UserError(f"--artifact and {'--reference' if reference else '--model'} exclude each other")
+    if artifact is not None and denoise is not None:
+        raise UserError("--denoise is fixed in an artifact when it is exported (mor-edge export --denoise)")
     if artifact is not None and norm == "whole":
         raise UserError("--norm whole needs the PyTorch reference: artifacts have fixed graphs")
     src = Path(input_path)
@@ -118,7 +124,7 @@ def upscale(
         probe_image(src)
         jobs = [(src, check_output_path(output_path))]
     engine, tile, source = choose_engine(
-        artifact, model_dir, reference, norm, tile, threads, runtime, providers
+        artifact, model_dir, reference, norm, tile, threads, runtime, providers, denoise
     )
     overlap = tile // 8 if overlap is None else overlap
     if overlap >= tile:
@@ -153,6 +159,7 @@ def choose_engine(
     threads: int | None,
     runtime: str,
     providers: str,
+    denoise: float | None = None,
 ) -> tuple[Any, int, str]:
     """(engine, tile, what it is): the artifact given; else the model's cached export
     (`mor_edge.engine_cache`: found without importing PyTorch, made on first use; the fastest
@@ -167,9 +174,9 @@ def choose_engine(
     why = "asked for" if reference or reference_is_default() else "--norm whole" if norm == "whole" else ""
     reasons = []
     for kind in [] if why else engine_kinds():
-        found = lookup(model_dir, kind)
+        found = lookup(model_dir, kind, denoise)
         if found is None:
-            model = model or load_reference_model(model_dir)
+            model = model or load_reference_model(model_dir, denoise)
             if tile not in (None, model.config.lr_size):
                 why = f"--tile {tile}; the cached export takes {model.config.lr_size}x{model.config.lr_size}"
                 break
@@ -186,20 +193,20 @@ def choose_engine(
     why = why or "; ".join(reasons)
     from ..reference_engine import ReferenceEngine
 
-    model = model or load_reference_model(model_dir)
+    model = model or load_reference_model(model_dir, denoise)
     c = model.config
     engine = ReferenceEngine(model, norm == "whole")
     return engine, tile or c.lr_size, f"PyTorch reference ({c.name}: {c.label}; {why})"
 
 
-def load_reference_model(model_dir: str | None) -> Any:
+def load_reference_model(model_dir: str | None, denoise: float | None = None) -> Any:
     if importlib.util.find_spec("torch") is None:
         raise UserError(
             "upscale without --artifact runs the model through PyTorch (to export it once, or as "
             "the reference), which is not installed: pass --artifact, or pip install "
             "'mor-edge[reference]'"
         )
-    return load_model_dir(model_dir)
+    return load_model_dir(model_dir, denoise)
 
 
 def open_engine(
