@@ -176,5 +176,5 @@ def test_denoise_needs_the_wavelet_colour_step(tmp_path: Path) -> None:
             "0.5",
         ],
     )
-    assert result.exit_code == 1 and "--denoise needs the wavelet colour step" in result.output
+    assert result.exit_code == 1 and "denoise needs the wavelet colour step, not 'adain'" in result.output
     assert not (tmp_path / "o.png").exists()

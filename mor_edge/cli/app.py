@@ -3,6 +3,7 @@ one-line errors, options, model loading, parity and bench runs."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import os
@@ -72,11 +73,11 @@ def load_model_dir(model_dir: str | None, denoise: float | None = None) -> Any:
     except FileNotFoundError as exc:
         raise UserError(str(exc)) from None
     if denoise is not None and denoise != model.config.denoise:
-        if model.config.colour_fix != "wavelet":
-            raise UserError(
-                f"--denoise needs the wavelet colour step; this model's is {model.config.colour_fix!r}"
-            )
-        model.config.denoise = denoise
+        try:
+            dataclasses.replace(model.config, denoise=denoise)  # the config's own checks
+        except ValueError as exc:
+            raise UserError(f"--denoise {denoise}: {exc}") from None
+        model.config.denoise = denoise  # in place: the model's modules hold this config
     return model
 
 
