@@ -131,3 +131,18 @@ def test_calibrate_command(tmp_path: Path) -> None:
     )
     assert bad.exit_code == 1 and "no such folder" in bad.output
     assert not (tmp_path / "x").exists()
+
+
+def test_calibrate_with_denoise_is_for_the_model_at_that_setting(tiny_model: MoRSR, tmp_path: Path) -> None:
+    """`export --denoise 0.5 --calib SET` needs a set made for that model: `calibrate --denoise`."""
+    out = tmp_path / "cal"
+    args = ["calibrate", "--samples", "2", "--bucket-levels", "1", "--routing", "static", "--denoise", "0.5"]
+    result = CliRunner().invoke(main, [*args, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    recorded = CalibrationSet.load(out).recipe["model_hash"]
+    plain = model_fingerprint(tiny_model)
+    tiny_model.config.denoise = 0.5
+    try:
+        assert recorded == model_fingerprint(tiny_model) != plain
+    finally:
+        tiny_model.config.denoise = 0.0

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from .app import load_model_dir, main, model_option, user_errors
+from .app import denoise_option, load_model_dir, main, model_option, user_errors
 
 
 @main.command()
@@ -43,6 +43,7 @@ from .app import load_model_dir, main, model_option, user_errors
 )
 @click.option("--out", type=click.Path(file_okay=False), required=True, help="Folder to write the set to.")
 @click.option("--force", is_flag=True, help="Replace an existing folder.")
+@denoise_option
 @user_errors
 def calibrate(
     model_dir: str | None,
@@ -53,6 +54,7 @@ def calibrate(
     routings: tuple[str, ...],
     out: str,
     force: bool,
+    denoise: float | None,
 ) -> None:
     """Build an INT8 calibration set: degraded crops stratified so every static bucket gets
     samples, each stage's inputs captured from the reference, saved with its recipe."""
@@ -62,7 +64,7 @@ def calibrate(
 
     check_destination(Path(out), force)
     with claim(Path(out)):  # a second calibrate into OUT fails now, not after the sampling
-        model = load_model_dir(model_dir)
+        model = load_model_dir(model_dir, denoise)  # the model the set is for, as `export` loads it
         cset = build_calibration_set(
             model,
             samples,

@@ -159,7 +159,7 @@ def choose_engine(
     threads: int | None,
     runtime: str,
     providers: str,
-    denoise: float | None = None,
+    denoise: float | None,
 ) -> tuple[Any, int, str]:
     """(engine, tile, what it is): the artifact given; else the model's cached export
     (`mor_edge.engine_cache`: found without importing PyTorch, made on first use; the fastest
@@ -199,7 +199,7 @@ def choose_engine(
     return engine, tile or c.lr_size, f"PyTorch reference ({c.name}: {c.label}; {why})"
 
 
-def load_reference_model(model_dir: str | None, denoise: float | None = None) -> Any:
+def load_reference_model(model_dir: str | None, denoise: float | None) -> Any:
     if importlib.util.find_spec("torch") is None:
         raise UserError(
             "upscale without --artifact runs the model through PyTorch (to export it once, or as "
