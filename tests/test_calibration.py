@@ -133,7 +133,9 @@ def test_calibrate_command(tmp_path: Path) -> None:
     assert not (tmp_path / "x").exists()
 
 
-def test_calibrate_with_denoise_is_for_the_model_at_that_setting(tiny_model: MoRSR, tmp_path: Path) -> None:
+def test_calibrate_with_denoise_is_for_the_model_at_that_setting(
+    tiny_model: MoRSR, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """`export --denoise 0.5 --calib SET` needs a set made for that model: `calibrate --denoise`."""
     out = tmp_path / "cal"
     args = ["calibrate", "--samples", "2", "--bucket-levels", "1", "--routing", "static", "--denoise", "0.5"]
@@ -141,8 +143,5 @@ def test_calibrate_with_denoise_is_for_the_model_at_that_setting(tiny_model: MoR
     assert result.exit_code == 0, result.output
     recorded = CalibrationSet.load(out).recipe["model_hash"]
     plain = model_fingerprint(tiny_model)
-    tiny_model.config.denoise = 0.5
-    try:
-        assert recorded == model_fingerprint(tiny_model) != plain
-    finally:
-        tiny_model.config.denoise = 0.0
+    monkeypatch.setattr(tiny_model.config, "denoise", 0.5)  # restored after the test, as the others do
+    assert recorded == model_fingerprint(tiny_model) != plain
