@@ -176,6 +176,7 @@ def evaluate_lr_only(
     report = {
         "images": count,
         "seed": seed,
+        "denoise": model.config.denoise,
         "ciede_sr_vs_lr": float(np.mean([ciede2000(down_sr[i], lr[i]) for i in range(count)])),
         "ciede_bicubic_vs_lr": float(np.mean([ciede2000(down_up[i], lr[i]) for i in range(count)])),
     }

@@ -379,3 +379,16 @@ def test_the_photo_source_is_empty_without_the_packages(tmp_path: Path) -> None:
 
     assert source.debian_photo_paths(tmp_path) == {}
     assert source.debian_photos("train", tmp_path) == {}
+
+
+def test_evaluate_with_denoise_runs_the_model_at_that_setting(tmp_path: Path) -> None:
+    """The same crops, the model at --denoise 1: bicubic's figures unchanged, SR's moved, and
+    the setting named in the report and the printed header."""
+    args = ["evaluate", "--images", "3", "--out", str(tmp_path / "out")]
+    default = json.loads(CliRunner().invoke(main, [*args, "--json"]).output)
+    cleaned = json.loads(CliRunner().invoke(main, [*args, "--json", "--denoise", "1"]).output)
+    assert (default["denoise"], cleaned["denoise"]) == (0.0, 1.0)
+    assert cleaned["psnr_bicubic"] == default["psnr_bicubic"]
+    assert abs(cleaned["psnr_sr"] - default["psnr_sr"]) > 0.01
+    text = CliRunner().invoke(main, [*args, "--denoise", "0.5"])
+    assert text.exit_code == 0 and "degraded crops (seed 1234), --denoise 0.5" in text.output

@@ -206,6 +206,7 @@ def evaluate(
     check_writable_folder(folder)  # after the inputs are checked: bad input leaves no folder
     photos = list(named.values())
     source = photos_dir or f"held-out ({', '.join(named)})"
+    setting = f", --denoise {model.config.denoise:g}" if model.config.denoise else ""
     if lr_only:
         report, lr, sr = evaluate_lr_only(model, photos, count=count, seed=seed)
         report["photos"] = source
@@ -214,7 +215,7 @@ def evaluate(
         if as_json:
             click.echo(json.dumps(report, indent=2))
             return
-        click.echo(f"photos: {source}, {count} LR crops (seed {seed})")
+        click.echo(f"photos: {source}, {count} LR crops (seed {seed}){setting}")
         click.echo(
             f"CIEDE2000 of the x{model.config.scale} round trip against the input: "
             f"SR {report['ciede_sr_vs_lr']:.2f}   bicubic {report['ciede_bicubic_vs_lr']:.2f}"
@@ -231,7 +232,7 @@ def evaluate(
         click.echo(json.dumps({k: v for k, v in report.items() if k not in per_image}, indent=2))
         return
     click.echo(f"model {model.config.name} {model.config.label}".rstrip())
-    click.echo(f"photos: {source}, {count} degraded crops (seed {seed})")
+    click.echo(f"photos: {source}, {count} degraded crops (seed {seed}){setting}")
     click.echo(quality_table(report))
     click.echo(
         "Spearman(score, degradation): "
