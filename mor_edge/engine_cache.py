@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING
 import mor_edge
 
 from .atomic import made_by_us
-from .config import CONFIG_NAME, WEIGHTS_NAME
+from .config import CONFIG_NAME, WEIGHTS_NAME, MoRSRConfig
 from .errors import UserError
 
 if TYPE_CHECKING:
@@ -120,7 +120,7 @@ def cache_folder(model_dir: str | None, kind: CachedKind, denoise: float | None 
                 digest.update(chunk)
         settings = json.loads(config.read_text())
         name = str(settings.get("name", "model"))
-        if denoise is not None and denoise != settings.get("denoise", 0.0):
+        if denoise is not None and denoise != settings.get("denoise", MoRSRConfig.denoise):
             digest.update(f"denoise={float(denoise)!r}".encode())
     except (OSError, ValueError, AttributeError):
         return None  # loading the model reports what is wrong with it
