@@ -339,13 +339,16 @@ def build_stages(
         stage, spec = job["stage"], plan.specs[job["stage"]]
         name = f"{stage}{tgt.suffix}" if job["buckets"] is None else f"{stage}.v{job['variant']}{tgt.suffix}"
         fixed: Any = nullcontext()
+        varying: list[torch.Tensor] = []
         if job["weights"] and caps.static_weights == "sliced":
             assert plan.buckets is not None
             fixed = sliced(stage_layers(model, stage), plan.buckets.centres[job["buckets"][0]])
         elif job["weights"]:
-            fixed = folded(stage_layers(model, stage), job["weights"])
+            layers = stage_layers(model, stage)
+            fixed = folded(layers, job["weights"])
+            varying = [layer.base.weight for layer in layers.values()]
         with fixed, resize(), norms(model):
-            module: nn.Module = StageModule(model, stage, plan.routing, plan.form)
+            module: nn.Module = StageModule(model, stage, plan.routing, plan.form, varying)
             this_precision = stage_precision(stage, plan.precision)
             if this_precision in QUANTIZED and caps.quantizer == "shared":
                 quantization.write(module, spec, stage, folder / name, job["buckets"])

@@ -29,6 +29,7 @@ from mor_edge.stage_contract import Signature, StageSpec
 from .capabilities import Capabilities, ExportSettings
 from .int8 import QUANTIZED_OPS, Sample
 from .stages import example_inputs
+from .weight_templates import WeightTemplates
 
 OPSET = 18
 EXPORTERS = ("torchscript", "dynamo")
@@ -66,6 +67,7 @@ class OnnxTarget:
         self.exporter = exporter
         self.calibration_method = calibration_method
         self.reports: dict[str, dict[str, Any]] = {}
+        self.templates = WeightTemplates()  # one export's static buckets share a trace
         self._range_caches: dict[Path, Path] = {}
 
     def describe(self) -> dict[str, object]:
@@ -85,8 +87,19 @@ class OnnxTarget:
         """Export (fp32 or fp16), consolidate weights (external data only when needed), check,
         infer shapes, and check the graph's inputs and outputs against the stage spec.
         Returns the files written."""
+        varying = getattr(module, "varying", ())
         if precision == "fp16":
-            module = HalfPrecision(module)
+            module, varying = HalfPrecision(module), ()
+        key = (getattr(module, "stage", None), spec, precision)
+        proto = self.templates.graph(key, varying, lambda: self._trace(module, spec, path))
+        files = save_graph(proto, path)
+        del proto
+        onnx.checker.check_model(str(path))
+        onnx.shape_inference.infer_shapes_path(str(path), strict_mode=True)
+        spec.check_io(signature(path), path.name)
+        return files
+
+    def _trace(self, module: nn.Module, spec: StageSpec, path: Path) -> onnx.ModelProto:
         scratch = path.parent / f".{path.stem}.scratch"
         scratch.mkdir()
         try:
@@ -105,16 +118,11 @@ class OnnxTarget:
                     do_constant_folding=True,
                 )
             proto = onnx.load(str(scratch / "model.onnx"))
-            _declare_output_shapes(proto, spec)
-            read_initializers_directly(proto.graph)
-            files = save_graph(proto, path)
-            del proto
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
-        onnx.checker.check_model(str(path))
-        onnx.shape_inference.infer_shapes_path(str(path), strict_mode=True)
-        spec.check_io(signature(path), path.name)
-        return files
+        _declare_output_shapes(proto, spec)
+        read_initializers_directly(proto.graph)
+        return proto
 
     def quantize_stage(self, source: Path, path: Path, samples: list[Sample], float_nodes: set[str]) -> None:
         """Static QDQ INT8 of a float graph; activation ranges are computed once per source

@@ -3,6 +3,8 @@ tensors-out module. What each stage takes and gives is `mor_edge.stage_contract`
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 
@@ -24,11 +26,17 @@ class StageModule(nn.Module):
     no `s` and run the layers as they are: merged with a bucket's experts by the caller
     (static), or with adapters off (base)."""
 
-    def __init__(self, model: MoRSR, stage: str, routing: str, form: str = "fold") -> None:
+    def __init__(
+        self, model: MoRSR, stage: str, routing: str, form: str = "fold", varying: Sequence[torch.Tensor] = ()
+    ) -> None:
         super().__init__()
         if stage not in STAGES:
             raise ValueError(f"unknown stage {stage!r}")
         self.model, self.stage, self.routing, self.form = model, stage, routing, form
+        # The weights this stage's graphs differ in within one export (a static bucket's folded
+        # routed weights): targets that trace may trace once and write them in
+        # (`weight_templates`).
+        self.varying = tuple(varying)
 
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
         m = self.model
