@@ -73,7 +73,7 @@ def learn(
 ) -> tuple[onnx.ModelProto, Template | None]:
     """Trace with the current weights; return that graph and a checked template (or None)."""
     first = trace()
-    if first.ByteSize() > MAX_TEMPLATE_BYTES or not varying:
+    if sum(len(t.raw_data) for t in first.graph.initializer) > MAX_TEMPLATE_BYTES or not varying:
         return first, None
     saved = [p.detach().clone() for p in varying]
     generator = torch.Generator().manual_seed(seed)
