@@ -86,11 +86,14 @@ class OnnxTarget:
     ) -> list[Path]:
         """Export (fp32 or fp16), consolidate weights (external data only when needed), check,
         infer shapes, and check the graph's inputs and outputs against the stage spec.
-        Returns the files written."""
+        A static bucket's graph after its stage's first is that graph with the bucket's
+        weights written in, where `weight_templates` could check that this is what tracing
+        gives. Returns the files written."""
         varying = getattr(module, "varying", ())
         if precision == "fp16":
             module, varying = HalfPrecision(module), ()
-        key = (getattr(module, "stage", None), spec, precision)
+        # the weights' identities too: a template writes in these tensors, no other model's
+        key = (getattr(module, "stage", None), spec, precision, tuple(map(id, varying)))
         proto = self.templates.graph(key, varying, lambda: self._trace(module, spec, path))
         files = save_graph(proto, path)
         del proto
