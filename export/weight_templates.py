@@ -38,6 +38,8 @@ class Slot:
 
 @dataclass
 class Template:
+    """A stage's first traced graph and where the varying weights sit in it."""
+
     graph: onnx.ModelProto
     slots: list[Slot]
 
