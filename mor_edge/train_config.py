@@ -13,7 +13,7 @@ class TrainConfig:
     """The defaults are the built-in model's recipe (`mor-edge train --preset tiny --seed 1`)."""
 
     seed: int = 1
-    hr_size: int = 64  # HR crop side of the dense-base stage
+    hr_size: int = 96  # HR crop side of the dense-base stage
     batch_size: int = 16
     mor_hr_size: int = 128  # HR side of the region the MoR stage trains on
     mor_batch_size: int = 8
@@ -21,7 +21,7 @@ class TrainConfig:
     estimator_batch_size: int = 64
     dead_leaves: int = 64  # synthetic images added to the estimator's content (512x512 each)
     estimator_steps: int = 4000
-    base_steps: int = 4400
+    base_steps: int = 1950
     mor_steps: int = 300
     lr: float = 2e-3
     estimator_lr: float = 1e-3
