@@ -389,6 +389,11 @@ def test_evaluate_with_denoise_runs_the_model_at_that_setting(tmp_path: Path) ->
     cleaned = json.loads(CliRunner().invoke(main, [*args, "--json", "--denoise", "1"]).output)
     assert (default["denoise"], cleaned["denoise"]) == (0.0, 1.0)
     assert cleaned["psnr_bicubic"] == default["psnr_bicubic"]
-    assert abs(cleaned["psnr_sr"] - default["psnr_sr"]) > 0.01
+    # per severity: over all three crops a loss on one and gains on others can cancel
+    moved = [
+        abs(cleaned["by_severity"][k]["psnr_sr"] - default["by_severity"][k]["psnr_sr"])
+        for k in default["by_severity"]
+    ]
+    assert max(moved) > 0.01, moved
     text = CliRunner().invoke(main, [*args, "--denoise", "0.5"])
     assert text.exit_code == 0 and "degraded crops (seed 1234), --denoise 0.5" in text.output
