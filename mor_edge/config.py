@@ -47,6 +47,7 @@ ENCODER_TARGET_MODULES: tuple[str, ...] = (
 )
 
 COLOUR_FIXES = ("wavelet", "adain", "none")  # see mor_edge.colour
+ESTIMATOR_INPUTS = ("rgb", "highpass")  # see mor_edge.degradation
 
 
 def support(levels: int) -> int:
@@ -140,6 +141,11 @@ class MoRSRConfig:
     # The decoder's output as a residual on the bicubic-upsampled input (the built-in model;
     # off for the SD presets, whose decoder makes the whole image).
     residual: bool = False
+    # What the degradation estimator sees: "rgb", CLIP's normalised colours (what a real CLIP
+    # tower expects), or "highpass", the LR image minus its 3x3 binomial blur: noise, blocks
+    # and the sharpness of edges without the colours and shading of the content, which a
+    # small estimator trained on a few photos otherwise learns to rank by (README: Spearman).
+    estimator_input: str = "rgb"
 
     def __post_init__(self) -> None:
         self.prompt_pairs = tuple(tuple(p) for p in self.prompt_pairs)  # type: ignore[misc]
@@ -153,6 +159,10 @@ class MoRSRConfig:
             raise ValueError(f"colour_levels must be in [1, 8], got {self.colour_levels}")
         if not 0 <= self.denoise <= 1:
             raise ValueError(f"denoise must be in [0, 1], got {self.denoise}")
+        if self.estimator_input not in ESTIMATOR_INPUTS:
+            raise ValueError(
+                f"estimator_input must be one of {ESTIMATOR_INPUTS}, got {self.estimator_input!r}"
+            )
         if self.denoise and self.colour_fix != "wavelet":
             raise ValueError(f"denoise needs the wavelet colour step, not {self.colour_fix!r}")
 
@@ -246,6 +256,7 @@ def tiny_config(**overrides: Any) -> MoRSRConfig:
         prompt_length=8,
         mor=MoRConfig(rank=16, shared=4, zero_slots=4, top_k=4, alpha=16.0),
         residual=True,
+        estimator_input="highpass",
         colour_levels=1,  # trained with 2; run with 1 (measured: the only count >= bicubic on mild)
     )
     return dataclasses.replace(config, **overrides)

@@ -3,6 +3,11 @@
 Per prompt pair k, ``s_k = exp(c_neg) / (exp(c_pos) + exp(c_neg))`` with c the CLIP logit
 (scaled cosine similarity) of the image against the positive and negative prompt. The text
 embeddings are computed once and stored in the model, so inference needs only the image tower.
+
+A real CLIP tower sees CLIP's normalised colours. The small tower the built-in model trains
+from scratch sees the image's high-pass part instead (`estimator_input: "highpass"`): on held-out
+photos its rank correlations with the degradation levels went from about 0.3 to above 0.6
+(README), as colours and shading no longer let it rank images by their content.
 """
 
 from __future__ import annotations
@@ -16,10 +21,14 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
+from .colour import low_pass
 from .resize import bicubic
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+# The high-pass input's scale: its values (a few hundredths for fine texture and noise) brought
+# near the unit range that the patch embedding is initialised for.
+HIGHPASS_GAIN = 8.0
 
 
 class TokenizerMismatchError(ValueError):
@@ -33,8 +42,15 @@ class DegradationEstimator(nn.Module):
     pixel_mean: torch.Tensor
     pixel_std: torch.Tensor
 
-    def __init__(self, vision_config: dict[str, Any], num_pairs: int, logit_scale: float = 100.0) -> None:
+    def __init__(
+        self,
+        vision_config: dict[str, Any],
+        num_pairs: int,
+        logit_scale: float = 100.0,
+        input_form: str = "rgb",
+    ) -> None:
         super().__init__()
+        self.input_form = input_form
         config = CLIPVisionConfig(**vision_config)
         self.vision = CLIPVisionModelWithProjection(config)
         self.image_size = config.image_size
@@ -50,9 +66,12 @@ class DegradationEstimator(nn.Module):
         return self.text_embeds.shape[0]
 
     def preprocess(self, lr: torch.Tensor) -> torch.Tensor:
-        """[0, 1] images of any size -> CLIP-normalised square input."""
-        x = bicubic(lr, (self.image_size, self.image_size))
-        return (x.clamp(0, 1) - self.pixel_mean) / self.pixel_std
+        """[0, 1] images of any size -> the tower's square input: CLIP-normalised colours, or
+        the high-pass part (the image minus one 3x3 binomial blur) for `input_form` "highpass"."""
+        x = bicubic(lr, (self.image_size, self.image_size)).clamp(0, 1)
+        if self.input_form == "highpass":
+            return HIGHPASS_GAIN * (x - low_pass(x, 1))
+        return (x - self.pixel_mean) / self.pixel_std
 
     def image_embeds(self, lr: torch.Tensor) -> torch.Tensor:
         out = self.vision(pixel_values=self.preprocess(lr))

@@ -79,7 +79,9 @@ class MoRSR(nn.Module):
     def __init__(self, config: MoRSRConfig) -> None:
         super().__init__()
         self.config = config
-        self.estimator = DegradationEstimator(config.clip_vision, len(config.prompt_pairs))
+        self.estimator = DegradationEstimator(
+            config.clip_vision, len(config.prompt_pairs), input_form=config.estimator_input
+        )
         self.vae = AutoencoderKL(**config.vae)
         self.unet = UNet2DConditionModel(**config.unet)
         cross_dim = self.unet.config.cross_attention_dim
@@ -259,6 +261,7 @@ class MoRSR(nn.Module):
             vae=_plain(vae.config),
             unet=_plain(unet.config),
             clip_vision=estimator.vision.config.to_dict(),
+            estimator_input="rgb",  # a real CLIP tower sees CLIP's colours
             prompt_length=prompt.shape[1],
             beta_start=sched.get("beta_start", config.beta_start),
             beta_end=sched.get("beta_end", config.beta_end),

@@ -68,6 +68,7 @@ def mor_layout(model: MoRSR) -> dict[str, Any]:
         "top_k": mor.top_k,
         "alpha": mor.alpha,
         "gate_inputs": model.config.degradation_names,
+        "estimator_input": model.config.estimator_input,
         "adapted_layers": {
             stage: {"count": len(s.adapted), "linear": s.linear, "conv": s.conv}
             for stage, s in model.summaries.items()

@@ -111,6 +111,7 @@ CONFIG_CASES: dict[str, Callable[[dict[str, Any]], None] | str] = {
     "timestep past schedule": _set("timestep", 5000),
     "colour levels 0": _set("colour_levels", 0),
     "colour fix unknown": _set("colour_fix", "sepia"),
+    "estimator input unknown": _set("estimator_input", "hsv"),
     "prediction type unknown": _set("prediction_type", "sample"),
     "norm groups not dividing": _set("vae.norm_num_groups", 7),
 }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -20,7 +21,9 @@ from .fixtures import save_tiny_clip, small_mor_config
 
 @pytest.fixture(scope="module")
 def sd_model(sd_folder: Path, clip_folder: Path) -> MoRSR:
-    return MoRSR.from_diffusers(sd_folder, clip_folder, small_mor_config())
+    # A config asking for the high-pass input: a real CLIP tower gets CLIP's colours regardless.
+    config = dataclasses.replace(small_mor_config(), estimator_input="highpass")
+    return MoRSR.from_diffusers(sd_folder, clip_folder, config)
 
 
 def test_estimator_scores_are_clip_pair_probabilities(clip_folder: Path) -> None:
@@ -39,6 +42,31 @@ def test_estimator_scores_are_clip_pair_probabilities(clip_folder: Path) -> None
     torch.testing.assert_close(s, want, rtol=0, atol=1e-5)
     assert s.shape == (3, len(pairs)) and ((s >= 0) & (s <= 1)).all()
     assert not est.text_embeds.requires_grad
+
+
+def test_highpass_estimator_sees_detail_not_colour() -> None:
+    """The tiny preset's estimator input is the image minus its 3x3 binomial blur: shifting
+    an image's colours (brightness, a tint) leaves its scores unchanged, detail changes them;
+    an RGB-input estimator (what real CLIP towers get) is moved by colour."""
+    from mor_edge.degradation import HIGHPASS_GAIN
+
+    config = tiny_config()
+    assert config.estimator_input == "highpass"
+    torch.manual_seed(0)
+    est = MoRSR(config).estimator.eval()
+    g = torch.Generator().manual_seed(5)
+    texture = 0.1 * torch.rand(2, 3, 64, 64, generator=g)
+    tint = torch.tensor([0.5, 0.2, 0.7]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        x = est.preprocess(texture + 0.3)
+        torch.testing.assert_close(x, HIGHPASS_GAIN * (texture + 0.3 - low_pass(texture + 0.3, 1)))
+        torch.testing.assert_close(est(texture + tint), est(texture + 0.3), rtol=0, atol=1e-5)
+        assert (est(texture * 3 + 0.3) - est(texture + 0.3)).abs().max() > 1e-3
+        assert est.preprocess(torch.full((1, 3, 64, 64), 0.6)).abs().max() < 1e-6
+        rgb = MoRSR(dataclasses.replace(config, estimator_input="rgb")).estimator.eval()
+        assert (rgb(texture + tint) - rgb(texture + 0.3)).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="estimator_input"):
+        dataclasses.replace(config, estimator_input="hsv")
 
 
 def test_from_diffusers_matches_a_plain_diffusers_step(sd_folder: Path, sd_model: MoRSR) -> None:
@@ -66,6 +94,7 @@ def test_from_diffusers_matches_a_plain_diffusers_step(sd_folder: Path, sd_model
     torch.testing.assert_close(sd_model.prompt_embeds, prompt.last_hidden_state)
     torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
     assert sd_model.summaries["unet"].adapted and sd_model.summaries["encoder"].adapted
+    assert sd_model.config.estimator_input == sd_model.estimator.input_form == "rgb"  # real CLIP
 
 
 def test_from_diffusers_roundtrips_through_save_pretrained(sd_model: MoRSR, tmp_path: Path) -> None:

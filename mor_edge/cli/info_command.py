@@ -10,6 +10,8 @@ import click
 from .app import load_model_dir, main, user_errors
 from .formatting import artifact_table
 
+ESTIMATOR_INPUT_WORDS = {"rgb": "colours", "highpass": "high-pass part"}
+
 
 @main.command()
 @click.argument("folder", metavar="[MODEL_DIR | ARTIFACT]", required=False, type=click.Path(file_okay=False))
@@ -41,7 +43,8 @@ def info(folder: str | None, as_json: bool) -> None:
     mor = report["mor"]
     click.echo(
         f"\nMoR    R={mor['rank']} S={mor['shared']} E={mor['routed']} Z={mor['zero_slots']} "
-        f"k={mor['top_k']} alpha={mor['alpha']:g}  gate inputs: {', '.join(mor['gate_inputs'])}"
+        f"k={mor['top_k']} alpha={mor['alpha']:g}  gate inputs: {', '.join(mor['gate_inputs'])} "
+        f"(scored on the LR image's {ESTIMATOR_INPUT_WORDS[mor['estimator_input']]})"
     )
     for stage, layers in mor["adapted_layers"].items():
         click.echo(
