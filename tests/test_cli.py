@@ -21,7 +21,7 @@ def run(*args: str) -> tuple[int, str]:
     return result.exit_code, result.output
 
 
-BUILTIN_HASH = "0c4ecd92a610e614fa7df72a3a83da4d959cec5a788a5c53f531aa571ea6e1c1"
+BUILTIN_HASH = "39183f13b6a9e92ac5016c9e2190daf53a0cce900c51da7e8340c65e12c3ea1c"
 
 
 def write_photo(path: Path, w: int = 30, h: int = 20, fmt: str = "PNG") -> Path:
@@ -40,6 +40,7 @@ def test_info_json_reports_the_builtin_model(tiny_model: MoRSR) -> None:
     assert set(report["macs"]) == {"router", "encoder", "unet", "decoder", "total"}
     assert report["macs"]["decoder"] > report["macs"]["unet"] > report["macs"]["router"] > 0
     assert report["sr_size"] == [256, 256]
+    assert report["mor"]["estimator_input"] == tiny_model.config.estimator_input == "highpass"
 
 
 def test_info_table_and_model_folder(tiny_model: MoRSR, tmp_path: Path) -> None:
@@ -47,6 +48,7 @@ def test_info_table_and_model_folder(tiny_model: MoRSR, tmp_path: Path) -> None:
     code, out = run("info", str(tmp_path / "m"))
     assert code == 0, out
     assert "R=16 S=4 E=12 Z=4 k=4" in out and "MACs per stage" in out
+    assert "(scored on the LR image's high-pass part)" in out
 
 
 @pytest.mark.parametrize("fmt,ext", [("PNG", "png"), ("JPEG", "jpg")])
