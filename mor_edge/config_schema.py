@@ -7,7 +7,7 @@ dividing by zero. Keys beyond the ones checked here are passed to diffusers as t
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError
 
@@ -99,7 +99,7 @@ class ModelConfigSchema(Closed):
     colour_levels: Annotated[StrictInt, Field(ge=1, le=8)] = 2
     denoise: Annotated[Real, Field(ge=0, le=1)] = 0.0
     residual: StrictBool = False
-    estimator_input: Literal["rgb", "highpass"] = "rgb"
+    estimator_input: Name = "rgb"
 
 
 def check_config(data: Any, where: str) -> dict[str, Any]:
