@@ -18,6 +18,7 @@ from .degradations import SEVERITIES
 from .model import MoRSR
 from .photos import evaluation_photos
 from .routing import routing_stats
+from .teacher import RRDBNet
 
 
 def y_channel(image: torch.Tensor) -> np.ndarray:
@@ -71,23 +72,38 @@ def downscale(sr: torch.Tensor, scale: int) -> torch.Tensor:
     return F.interpolate(sr, size=(h, w), mode="bicubic", antialias=True, align_corners=False).clamp(0, 1)
 
 
+def niqe_of(images: torch.Tensor, border: int) -> list[float]:
+    """NIQE of each (3, H, W) image in [0, 1] (lower: more like a pristine photo)."""
+    from .niqe import niqe
+
+    return [niqe(x.double().clamp(0, 1).permute(1, 2, 0).numpy(), border) for x in images]
+
+
 def quality(
-    sr: torch.Tensor, up: torch.Tensor, hr: torch.Tensor, lr: torch.Tensor, scale: int
+    outputs: dict[str, torch.Tensor], hr: torch.Tensor | None, lr: torch.Tensor, scale: int
 ) -> dict[str, list[float]]:
-    """Per-image PSNR-Y, SSIM-Y and CIEDE2000 against HR for SR and bicubic, and the colour
-    difference of each brought back to the LR grid against the LR input."""
-    n = sr.shape[0]
-    down_sr, down_up = downscale(sr, scale), downscale(up, scale)
-    return {
-        "psnr_sr": [psnr_y(sr[i], hr[i], scale) for i in range(n)],
-        "psnr_bicubic": [psnr_y(up[i], hr[i], scale) for i in range(n)],
-        "ssim_sr": [ssim_y(sr[i], hr[i], scale) for i in range(n)],
-        "ssim_bicubic": [ssim_y(up[i], hr[i], scale) for i in range(n)],
-        "ciede_sr": [ciede2000(sr[i], hr[i]) for i in range(n)],
-        "ciede_bicubic": [ciede2000(up[i], hr[i]) for i in range(n)],
-        "ciede_sr_vs_lr": [ciede2000(down_sr[i], lr[i]) for i in range(n)],
-        "ciede_bicubic_vs_lr": [ciede2000(down_up[i], lr[i]) for i in range(n)],
-    }
+    """Per image, for each named output (SR, bicubic, the teacher's): NIQE, the colour
+    difference brought back to the LR grid against the LR input, and with HR, PSNR-Y, SSIM-Y
+    and CIEDE2000 against it (and NIQE of HR itself); with a teacher, the PSNR-Y of SR and
+    bicubic against the teacher's output (how much of its change SR reproduces)."""
+    n = lr.shape[0]
+    values: dict[str, list[float]] = {}
+    for name, out in outputs.items():
+        down = downscale(out, scale)
+        values[f"niqe_{name}"] = niqe_of(out, scale)
+        values[f"ciede_{name}_vs_lr"] = [ciede2000(down[i], lr[i]) for i in range(n)]
+        if hr is not None:
+            values[f"psnr_{name}"] = [psnr_y(out[i], hr[i], scale) for i in range(n)]
+            values[f"ssim_{name}"] = [ssim_y(out[i], hr[i], scale) for i in range(n)]
+            values[f"ciede_{name}"] = [ciede2000(out[i], hr[i]) for i in range(n)]
+    if hr is not None:
+        values["niqe_hr"] = niqe_of(hr, scale)
+    if "teacher" in outputs:
+        for name in ("sr", "bicubic"):
+            values[f"psnr_{name}_vs_teacher"] = [
+                psnr_y(outputs[name][i], outputs["teacher"][i], scale) for i in range(n)
+            ]
+    return values
 
 
 def _means(values: dict[str, list[float]], rows: list[int] | None = None) -> dict[str, float]:
@@ -108,10 +124,12 @@ def evaluate(
     seed: int = 1234,
     batch: int = 6,
     photos: list[np.ndarray] | None = None,
-) -> tuple[dict[str, Any], PairSet, torch.Tensor]:
+    teacher: RRDBNet | None = None,
+) -> tuple[dict[str, Any], PairSet, dict[str, torch.Tensor]]:
     """Metrics on `count` seeded pairs (severities cycling mild/moderate/severe) cropped from
-    `photos` ((H, W, 3) uint8), by default the held-out ones (`evaluation_photos`). Returns
-    the report, the pairs and the SR images."""
+    `photos` ((H, W, 3) uint8), by default the held-out ones (`evaluation_photos`), for SR,
+    bicubic and, if given, the teacher on the same crops. Returns the report, the pairs and
+    the outputs by name."""
     model.eval()
     pool = photos if photos is not None else list(evaluation_photos().values())
     pairs = degraded_pairs(model.config.sr_size, count, seed, pool=pool)
@@ -124,10 +142,10 @@ def evaluate(
         active.append(routing_stats(routings)["per_image"])
         srs.append(model(lr, s=s))
         scores.append(s)
-    sr = torch.cat(srs)
+    outputs = sr_outputs(torch.cat(srs), pairs.lr, scale, teacher)
     s_all = torch.cat(scores).numpy()
     active_all = torch.cat(active).numpy()
-    values = quality(sr, bicubic(pairs.lr, scale), pairs.hr, pairs.lr, scale)
+    values = quality(outputs, pairs.hr, pairs.lr, scale)
     report: dict[str, Any] = {
         "images": count,
         "seed": seed,
@@ -157,30 +175,39 @@ def evaluate(
     report["active_experts_per_image"] = active_all.tolist()
     report["severity_score_per_image"] = s_all.mean(axis=1).tolist()
     report["severities"] = pairs.severities
-    return report, pairs, sr
+    return report, pairs, outputs
+
+
+def sr_outputs(
+    sr: torch.Tensor, lr: torch.Tensor, scale: int, teacher: RRDBNet | None
+) -> dict[str, torch.Tensor]:
+    outputs = {"sr": sr, "bicubic": bicubic(lr, scale)}
+    if teacher is not None:
+        outputs["teacher"] = teacher.upscale(lr)
+    return outputs
 
 
 @torch.no_grad()
 def evaluate_lr_only(
-    model: MoRSR, photos: list[np.ndarray], count: int, seed: int = 1234, batch: int = 6
-) -> tuple[dict[str, Any], torch.Tensor, torch.Tensor]:
+    model: MoRSR,
+    photos: list[np.ndarray],
+    count: int,
+    seed: int = 1234,
+    batch: int = 6,
+    teacher: RRDBNet | None = None,
+) -> tuple[dict[str, Any], torch.Tensor, dict[str, torch.Tensor]]:
     """Real LR photos without HR: `count` crops of the model's LR size (round robin over
-    `photos`), upscaled, brought back to the LR grid and compared in colour with the input
-    (mean CIEDE2000), against bicubic's round trip. Returns the report, the crops and SR."""
+    `photos`), upscaled by SR, bicubic (and the teacher): NIQE of each, and the colour
+    difference of each brought back to the LR grid against the input (mean CIEDE2000).
+    Returns the report, the crops and the outputs by name."""
     model.eval()
     rng = np.random.default_rng(seed)
     lr = torch.stack([random_crop(photos[i % len(photos)], model.config.lr_size, rng) for i in range(count)])
     sr = torch.cat([model(lr[i : i + batch]) for i in range(0, count, batch)])
-    scale = model.config.scale
-    down_sr, down_up = downscale(sr, scale), downscale(bicubic(lr, scale), scale)
-    report = {
-        "images": count,
-        "seed": seed,
-        "denoise": model.config.denoise,
-        "ciede_sr_vs_lr": float(np.mean([ciede2000(down_sr[i], lr[i]) for i in range(count)])),
-        "ciede_bicubic_vs_lr": float(np.mean([ciede2000(down_up[i], lr[i]) for i in range(count)])),
-    }
-    return report, lr, sr
+    outputs = sr_outputs(sr, lr, model.config.scale, teacher)
+    values = quality(outputs, None, lr, model.config.scale)
+    report = {"images": count, "seed": seed, "denoise": model.config.denoise, **_means(values)}
+    return report, lr, outputs
 
 
 def plot_active_experts(report: dict[str, Any], path: Path) -> None:
@@ -219,31 +246,37 @@ def plot_active_experts(report: dict[str, Any], path: Path) -> None:
 
 def save_grid(
     lr: torch.Tensor,
-    sr: torch.Tensor,
+    outputs: dict[str, torch.Tensor],
     scale: int,
     path: Path,
     hr: torch.Tensor | None = None,
     labels: list[str] | None = None,
     rows: int = 6,
 ) -> None:
-    """Rows of LR (nearest-upscaled) / bicubic / SR [/ HR]; with `labels` (severities), the
-    rows take turns over them so that every label shows, else the first `rows` images."""
+    """Rows of LR (nearest-upscaled) / bicubic / SR [/ teacher] [/ HR]; with `labels`
+    (severities), the rows take turns over them so that every label shows, else the first
+    `rows` images."""
     from PIL import Image, ImageDraw
 
     picks = list(range(min(rows, lr.shape[0])))
     if labels is not None:
         by_label = [[i for i, lab in enumerate(labels) if lab == level] for level in dict.fromkeys(labels)]
         picks = [i for group in zip(*by_label, strict=False) for i in group][:rows]
-    titles = ["LR", "bicubic", "MoR SR"] + (["HR"] if hr is not None else [])
+    columns = {"bicubic": outputs["bicubic"], "MoR SR": outputs["sr"]}
+    if "teacher" in outputs:
+        columns["teacher"] = outputs["teacher"]
+    if hr is not None:
+        columns["HR"] = hr
+    titles = ["LR", *columns]
     tiles = []
     for i in picks:
         row = [F.interpolate(lr[i : i + 1], scale_factor=scale, mode="nearest")[0]]
-        row += [bicubic(lr[i : i + 1], scale)[0], sr[i]] + ([hr[i]] if hr is not None else [])
+        row += [c[i] for c in columns.values()]
         tiles.append(torch.cat(row, dim=2))
     grid = torch.cat(tiles, dim=1).clamp(0, 1)
     image = Image.fromarray((grid.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
     draw = ImageDraw.Draw(image)
-    height, width = sr.shape[-2:]
+    height, width = outputs["sr"].shape[-2:]
     for col, title in enumerate(titles):
         draw.text((col * width + 4, 4), title, fill=(255, 255, 0))
     for r, i in enumerate(picks):

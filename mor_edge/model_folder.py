@@ -35,14 +35,20 @@ def _regular(folder: Path, name: str) -> Path:
     return path
 
 
-def read_config(folder: Path) -> MoRSRConfig:
-    path = _regular(folder, CONFIG_NAME)
+def read_json(path: Path) -> Any:
+    """A regular JSON file of at most `MAX_CONFIG_BYTES`; anything else is a one-line error."""
+    path = _regular(path.parent, path.name)
     if path.stat().st_size > MAX_CONFIG_BYTES:
         raise ModelFolderError(f"{path}: {path.stat().st_size} bytes, too large for a config")
     try:
-        data = json.loads(path.read_bytes())
+        return json.loads(path.read_bytes())
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise ModelFolderError(f"{path}: not valid JSON ({str(exc)[:80]})") from None
+
+
+def read_config(folder: Path) -> MoRSRConfig:
+    path = folder / CONFIG_NAME
+    data = read_json(path)
     try:
         return MoRSRConfig.from_dict(check_config(data, str(path)))
     except (ValueError, TypeError) as exc:

@@ -34,6 +34,12 @@ class TrainConfig:
     log_every: int = 25
     checkpoint_every: int = 250
     images: str | None = None  # folder of images; default: the built-in training photos
+    # Distillation: the SR stages' target is teacher_weight * teacher SR + (1 - teacher_weight)
+    # * HR (one L2 on the blend equals the weighted sum of the two L2s, up to a constant), on
+    # crops of a cached pool of degraded images the teacher upscaled once (`teacher_pool`).
+    teacher: str | None = None  # "realesrgan-x4plus" or None (HR targets, crops made per step)
+    teacher_weight: float = 1.0
+    pool_items: int = 3000  # LR crops of the router's size (64x64 for tiny) in the pool
 
     def steps(self, stage: str) -> int:
         return int(getattr(self, f"{stage}_steps"))

@@ -83,6 +83,7 @@ class TrainingData:
         self.colour_pool = [p for p in self.pool if not is_grey(p)] or self.pool
         self._estimator_content: list[np.ndarray] | None = None
         self._estimator_pool: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._teacher_pool: dict[str, torch.Tensor] | None = None
 
     def _degraded(self, rng: np.random.Generator, hr_size: int, count: int, estimator: bool = False) -> Batch:
         pool = self.estimator_content() if estimator else self.colour_pool
@@ -116,6 +117,41 @@ class TrainingData:
             self._estimator_pool = (torch.cat([b.lr for b in parts]), torch.cat([b.labels for b in parts]))
         return self._estimator_pool
 
+    def teacher_pool(self, progress: bool) -> dict[str, torch.Tensor]:
+        if self._teacher_pool is None:
+            from .teacher_pool import build_pool, pool_spec
+
+            c = self.config
+            spec = pool_spec(c.pool_items, self.router_size, self.scale, c.seed, self.colour_pool)
+            self._teacher_pool = build_pool(spec, self.colour_pool, self.names, progress)
+        return self._teacher_pool
+
+    def _pool_crops(self, rng: np.random.Generator, hr_size: int, count: int, progress: bool) -> Batch:
+        """`count` crops of pool items (a random flip and quarter turn each), the target the
+        blend of the teacher's SR and HR that `TrainConfig.teacher_weight` sets."""
+        pool, k = self.teacher_pool(progress), self.scale
+        side, w = hr_size // k, self.config.teacher_weight
+        lrs: list[torch.Tensor] = []
+        targets: list[torch.Tensor] = []
+        picks = rng.integers(pool["lr"].shape[0], size=count)
+        for i in picks:
+            top, left = (int(v) for v in rng.integers(0, self.router_size - side + 1, size=2))
+            lr = pool["lr"][i, :, top : top + side, left : left + side]
+            region = (slice(None), slice(top * k, (top + side) * k), slice(left * k, (left + side) * k))
+            target = w * pool["teacher"][i][region].float() + (1 - w) * pool["hr"][i][region].float()
+            turn, flip = int(rng.integers(4)), bool(rng.random() < 0.5)
+            for t, out in ((lr.float(), lrs), (target, targets)):
+                t = torch.rot90(t.flip(-1) if flip else t, turn, (-2, -1))
+                out.append(t / 255)
+        labels = pool["labels"][torch.from_numpy(picks)]
+        return Batch(torch.stack(lrs), torch.stack(targets), labels)
+
+    def _sr_pairs(self, rng: np.random.Generator, hr_size: int, count: int, progress: bool) -> Batch:
+        """Training pairs for the SR stages: from the teacher pool, or degraded per step."""
+        if self.config.teacher is not None:
+            return self._pool_crops(rng, hr_size, count, progress)
+        return self._degraded(rng, hr_size, count)
+
     def batch(self, stage: str, index: int, progress: bool = False) -> Batch:
         c = self.config
         rng = np.random.default_rng([c.seed, STAGES.index(stage) + 1, index, self.process])
@@ -128,8 +164,8 @@ class TrainingData:
             x = torch.rot90(x, int(rng.integers(4)), (-2, -1))
             return Batch(x, x, labels[pick])
         if stage == "base":
-            return self._degraded(rng, c.hr_size, c.batch_size)
-        whole = self._degraded(rng, self.router_size * self.scale, c.mor_batch_size)
+            return self._sr_pairs(rng, c.hr_size, c.batch_size, progress)
+        whole = self._sr_pairs(rng, self.router_size * self.scale, c.mor_batch_size, progress)
         side = c.mor_hr_size // self.scale
         top, left = (int(v) for v in rng.integers(0, self.router_size - side + 1, size=2))
         k = self.scale
@@ -204,7 +240,7 @@ class StageLoss(nn.Module):
         return loss, {"l2": l2.detach(), "balance": balance.detach(), "active_experts": active}
 
 
-def initial_model(preset: str, seed: int) -> MoRSR:
+def initial_model(preset: str, seed: int, teacher: str | None = None) -> MoRSR:
     """A from-scratch model for training: seeded init, UNet output zeroed (x0 starts as
     z / sqrt(alpha_bar) instead of a 14.6x-amplified random noise prediction), the decoder's
     output zeroed where it is a residual, a moderate CLIP logit scale for the learned text
@@ -212,7 +248,12 @@ def initial_model(preset: str, seed: int) -> MoRSR:
     from .config import PRESETS
 
     torch.manual_seed(seed)
-    model = MoRSR(PRESETS[preset](label=f"{preset}, trained from scratch by `mor-edge train --seed {seed}`"))
+    label = f"{preset}, trained from scratch by `mor-edge train --seed {seed}`"
+    if teacher is not None:
+        from .teacher import CREDIT
+
+        label += f", distilled from {CREDIT}"
+    model = MoRSR(PRESETS[preset](label=label))
     zeroed = [model.unet.conv_out]
     if model.config.residual:  # the skip alone at first: the model starts as bicubic
         zeroed.append(model.vae.decoder.conv_out)

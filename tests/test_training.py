@@ -224,7 +224,9 @@ def test_dead_leaves_images_are_seeded_and_look_like_leaves() -> None:
 
 
 def test_evaluate_json_has_the_keys(tmp_path: Path) -> None:
-    result = CliRunner().invoke(main, ["evaluate", "--images", "6", "--json", "--out", str(tmp_path)])
+    result = CliRunner().invoke(
+        main, ["evaluate", "--images", "6", "--json", "--no-teacher", "--out", str(tmp_path)]
+    )
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
     for key in (
@@ -258,7 +260,7 @@ def test_evaluate_lr_only_compares_the_round_trip_with_the_input(tmp_path: Path)
     folder = tmp_path / "real"
     folder.mkdir()
     Image.fromarray(photos("eval")["china"]).save(folder / "china.png")
-    args = ["evaluate", "--lr-only", "--photos", str(folder), "--images", "4", "--json"]
+    args = ["evaluate", "--lr-only", "--photos", str(folder), "--images", "4", "--json", "--no-teacher"]
     result = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "out")])
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
@@ -280,7 +282,7 @@ def test_evaluate_on_a_photo_folder(tmp_path: Path) -> None:
     folder.mkdir()
     for i, (name, photo) in enumerate(evaluation_photos().items()):  # file names keep the order
         Image.fromarray(photo).save(folder / f"{i:02d}-{name}.png", compress_level=1)
-    args = ["evaluate", "--images", "3", "--json", "--out", str(tmp_path / "out")]
+    args = ["evaluate", "--images", "3", "--json", "--no-teacher", "--out", str(tmp_path / "out")]
     default = json.loads(CliRunner().invoke(main, args).output)
     result = CliRunner().invoke(main, [*args, "--photos", str(folder)])
     assert result.exit_code == 0, result.output
@@ -384,7 +386,7 @@ def test_the_photo_source_is_empty_without_the_packages(tmp_path: Path) -> None:
 def test_evaluate_with_denoise_runs_the_model_at_that_setting(tmp_path: Path) -> None:
     """The same crops, the model at --denoise 1: bicubic's figures unchanged, SR's moved, and
     the setting named in the report and the printed header."""
-    args = ["evaluate", "--images", "3", "--out", str(tmp_path / "out")]
+    args = ["evaluate", "--images", "3", "--no-teacher", "--out", str(tmp_path / "out")]
     default = json.loads(CliRunner().invoke(main, [*args, "--json"]).output)
     cleaned = json.loads(CliRunner().invoke(main, [*args, "--json", "--denoise", "1"]).output)
     assert (default["denoise"], cleaned["denoise"]) == (0.0, 1.0)

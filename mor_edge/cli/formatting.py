@@ -106,18 +106,19 @@ def print_quantization(artifact_dir: str) -> None:
 
 
 def quality_table(report: dict[str, Any]) -> str:
-    """Per severity and overall: PSNR-Y, SSIM-Y, CIEDE2000 vs HR, CIEDE2000 vs LR (SR / bicubic)."""
-    rows = [("", "PSNR-Y dB", "SSIM-Y", "CIEDE2000 vs HR", "CIEDE2000 vs LR")]
-    for name, m in [*report["by_severity"].items(), ("all", report)]:
-        rows.append(
-            (
-                name,
-                f"{m['psnr_sr']:.2f} / {m['psnr_bicubic']:.2f}",
-                f"{m['ssim_sr']:.3f} / {m['ssim_bicubic']:.3f}",
-                f"{m['ciede_sr']:.2f} / {m['ciede_bicubic']:.2f}",
-                f"{m['ciede_sr_vs_lr']:.2f} / {m['ciede_bicubic_vs_lr']:.2f}",
-            )
-        )
+    """Per severity and overall: NIQE, PSNR-Y, SSIM-Y, CIEDE2000 vs HR, CIEDE2000 vs LR (SR /
+    bicubic [/ teacher]); with a teacher, PSNR-Y against its output (SR / bicubic)."""
+    names = [n for n in ("sr", "bicubic", "teacher") if f"psnr_{n}" in report]
+    teacher = "teacher" in names
+    head = ["", "NIQE", "PSNR-Y dB", "SSIM-Y", "CIEDE2000 vs HR", "CIEDE2000 vs LR"]
+    rows = [(*head, "PSNR-Y vs teacher") if teacher else tuple(head)]
+    for level, m in [*report["by_severity"].items(), ("all", report)]:
+        cells = [level, " / ".join(f"{m[f'niqe_{n}']:.2f}" for n in names) + f" (HR {m['niqe_hr']:.2f})"]
+        for key, digits in (("psnr_{}", 2), ("ssim_{}", 3), ("ciede_{}", 2), ("ciede_{}_vs_lr", 2)):
+            cells.append(" / ".join(f"{m[key.format(n)]:.{digits}f}" for n in names))
+        if teacher:
+            cells.append(f"{m['psnr_sr_vs_teacher']:.2f} / {m['psnr_bicubic_vs_teacher']:.2f}")
+        rows.append(tuple(cells))
     widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)) for r in rows]
-    return "\n".join([*lines, "(SR / bicubic)"])
+    return "\n".join([*lines, "(" + " / ".join(names).replace("sr", "SR") + ")"])

