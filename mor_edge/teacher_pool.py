@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,7 +87,8 @@ def build_pool(
     """The pool's tensors, made (or completed) first where the cache lacks chunks."""
     folder = pool_folder(spec)
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "spec.json").write_text(json.dumps({**spec.__dict__, "names": names}, indent=2))
+    described = {k: v for k, v in spec.__dict__.items() if k != "items"}  # what the key covers
+    (folder / "spec.json").write_text(json.dumps({**described, "names": names}, indent=2))
     chunks = (spec.items + CHUNK - 1) // CHUNK
     missing = [c for c in range(chunks) if not (folder / f"chunk-{c:05d}.safetensors").is_file()]
     teacher = None
@@ -97,7 +99,7 @@ def build_pool(
     for c in tqdm(missing, desc="teacher pool", unit="chunk", disable=not progress):
         assert teacher is not None
         tensors = make_chunk(spec, c, images, teacher, names)
-        tmp = folder / f".chunk-{c:05d}.tmp"
+        tmp = folder / f".chunk-{c:05d}.tmp-{os.getpid()}"  # two builders never share a file
         write_weights_file(tmp, tensors)
         tmp.rename(folder / f"chunk-{c:05d}.safetensors")
     parts = [read_weights_file(folder / f"chunk-{c:05d}.safetensors") for c in range(chunks)]

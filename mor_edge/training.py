@@ -240,16 +240,20 @@ class StageLoss(nn.Module):
         return loss, {"l2": l2.detach(), "balance": balance.detach(), "active_experts": active}
 
 
-def initial_model(preset: str, seed: int, teacher: str | None = None) -> MoRSR:
-    """A from-scratch model for training: seeded init, UNet output zeroed (x0 starts as
-    z / sqrt(alpha_bar) instead of a 14.6x-amplified random noise prediction), the decoder's
-    output zeroed where it is a residual, a moderate CLIP logit scale for the learned text
-    embeddings."""
+def initial_model(preset: str, seed: int, config: TrainConfig | None = None) -> MoRSR:
+    """A from-scratch model for training, labelled with its recipe (`config`'s teacher): seeded
+    init, UNet output zeroed (x0 starts as z / sqrt(alpha_bar) instead of a 14.6x-amplified
+    random noise prediction), the decoder's output zeroed where it is a residual, a moderate
+    CLIP logit scale for the learned text embeddings."""
     from .config import PRESETS
 
     torch.manual_seed(seed)
-    label = f"{preset}, trained from scratch by `mor-edge train --seed {seed}`"
-    if teacher is not None:
+    flags = f"--seed {seed}"
+    if config is not None and config.teacher is not None:
+        flags += f" --teacher {config.teacher}"
+        flags += f" --teacher-weight {config.teacher_weight:g}" if config.teacher_weight != 1 else ""
+    label = f"{preset}, trained from scratch by `mor-edge train {flags}`"
+    if config is not None and config.teacher is not None:
         from .teacher import CREDIT
 
         label += f", distilled from {CREDIT}"

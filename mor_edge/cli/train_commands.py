@@ -159,7 +159,7 @@ def train(
             raise UserError(str(exc)) from None
         config.estimator_steps = config.base_steps = 0
     else:
-        model = initial_model(preset, seed, teacher)
+        model = initial_model(preset, seed, config)
     if fresh and run.exists():  # every check has passed, and the folder is one of our runs
         shutil.rmtree(run)
     trained = Trainer(model, config, run).run()
