@@ -16,6 +16,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -103,7 +104,11 @@ def main() -> None:
         for hint in ("f32", "bf16"):
             config = {"INFERENCE_PRECISION_HINT": hint, "INFERENCE_NUM_THREADS": args.threads}
             compiled = core.compile_model(str(onnx_path), "CPU", config)
-            record(f"openvino {hint}", lambda c=compiled: c(x.numpy())[0])
+
+            def infer(c: Any = compiled) -> np.ndarray:
+                return np.asarray(c(x.numpy())[0])
+
+            record(f"openvino {hint}", infer)
     out = {"machine": machine(), "batch": args.batch, "lr_size": args.size, "threads": args.threads}
     Path(args.results).write_text(json.dumps({**out, "runtimes": results}, indent=2) + "\n")
 
