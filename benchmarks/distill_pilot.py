@@ -58,6 +58,7 @@ def main() -> None:
     parser.add_argument("--weights", default="hr,1,0.5", help="comma list: hr, or a teacher weight")
     parser.add_argument("--train-levels", type=int, default=2, help="colour-step levels while training")
     parser.add_argument("--levels", default="1", help="comma list: colour-step levels to evaluate at")
+    parser.add_argument("--lr", type=float, default=None, help="the base stage's learning rate")
     parser.add_argument("--from-scratch", action="store_true")
     parser.add_argument("--latent-channels", type=int, default=4, help="with --from-scratch")
     parser.add_argument("--out", default="runs/distill-pilot")
@@ -79,6 +80,7 @@ def main() -> None:
         name = "hr" if variant == "hr" else f"teacher-{variant}"
         config = TrainConfig(estimator_steps=0, mor_steps=0, base_steps=args.steps, log_every=50)
         config.colour_levels = args.train_levels
+        config.lr = args.lr or config.lr
         if variant != "hr":
             config.teacher, config.pool_items = "realesrgan-x4plus", args.pool_items
             config.teacher_weight = float(variant)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -121,8 +120,16 @@ def run_engine(name: str, inputs: Path, outputs: Path, artifacts: Path, threads:
         t0 = time.perf_counter()
         upscale_file(src, outputs / src.name, engine, options)
         seconds.append(time.perf_counter() - t0)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"seconds": seconds, "peak_rss_mib": round(peak, 1)}))
+    print(json.dumps({"seconds": seconds, "peak_rss_mib": peak_rss_mib()}))
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident memory since its exec (VmHWM; `ru_maxrss` would count the
+    parent's memory at fork)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    return float("nan")
 
 
 def teacher_macs() -> float:
@@ -198,7 +205,7 @@ def compare(args: argparse.Namespace) -> None:
         with torch.no_grad():
             reference = torch.cat([teacher.upscale(lr[i : i + 1]) for i in range(len(lr))])
         macs = {
-            "builtin-default": float(sum(stage_macs(load_model(None)).values())),
+            "builtin-default": float(stage_macs(load_model(None))["total"]),
             **dict.fromkeys(TEACHER_ENGINES, teacher_macs()),
         }
         results: dict[str, Any] = {}
