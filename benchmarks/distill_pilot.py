@@ -5,7 +5,9 @@ against the teacher) on the same held-out crops, at each colour-step level asked
 By default each variant starts from the built-in model and trains its dense base for `--steps`
 more steps (estimator and MoR stages untouched), so the only difference is the target;
 `--from-scratch` starts from `initial_model` instead (with `--latent-channels`: another latent
-width). Results are added to `--results` under the command line that made them.
+width; with `--prediction-type v_prediction`: the UNet's output read as v, so that at t=999
+x0 is almost minus the UNet's output instead of 14.6x the difference of two near-equal terms).
+Results are added to `--results` under the command line that made them.
 
     python benchmarks/distill_pilot.py --steps 300 --weights hr,1,0.5
     python benchmarks/distill_pilot.py --steps 600 --weights 1 --train-levels 4 --levels 3,4,5
@@ -26,7 +28,7 @@ from typing import Any
 import torch
 
 
-def student(from_scratch: bool, latent_channels: int, config: Any) -> Any:
+def student(from_scratch: bool, latent_channels: int, prediction: str, config: Any) -> Any:
     from mor_edge import config as presets
     from mor_edge.builtin import load_model
     from mor_edge.training import initial_model
@@ -37,7 +39,8 @@ def student(from_scratch: bool, latent_channels: int, config: Any) -> Any:
     def widened(**overrides: Any) -> Any:
         tiny = presets.tiny_config(**overrides)
         unet = {**tiny.unet, "in_channels": latent_channels, "out_channels": latent_channels}
-        return dataclasses.replace(tiny, vae={**tiny.vae, "latent_channels": latent_channels}, unet=unet)
+        vae = {**tiny.vae, "latent_channels": latent_channels}
+        return dataclasses.replace(tiny, vae=vae, unet=unet, prediction_type=prediction)
 
     presets.PRESETS["pilot"] = widened
     return initial_model("pilot", config.seed, config)
@@ -61,6 +64,12 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=None, help="the base stage's learning rate")
     parser.add_argument("--from-scratch", action="store_true")
     parser.add_argument("--latent-channels", type=int, default=4, help="with --from-scratch")
+    parser.add_argument(
+        "--prediction-type",
+        choices=["epsilon", "v_prediction"],
+        default="epsilon",
+        help="with --from-scratch",
+    )
     parser.add_argument("--out", default="runs/distill-pilot")
     parser.add_argument("--results", default="benchmarks/results/distill_pilot.json")
     args = parser.parse_args()
@@ -85,7 +94,9 @@ def main() -> None:
             config.teacher, config.pool_items = "realesrgan-x4plus", args.pool_items
             config.teacher_weight = float(variant)
         t0 = time.perf_counter()
-        model = Trainer(student(args.from_scratch, args.latent_channels, config), config, out / name).run()
+        model = Trainer(
+            student(args.from_scratch, args.latent_channels, args.prediction_type, config), config, out / name
+        ).run()
         seconds = time.perf_counter() - t0
         for levels in (int(v) for v in args.levels.split(",")):
             model.config.colour_levels = levels

@@ -17,7 +17,6 @@ nearest-neighbour x2 steps, LeakyReLU 0.2, RGB in [0, 1]. The weights are Real-E
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import re
@@ -207,14 +206,6 @@ def teacher_folder(name: str = TEACHERS[0]) -> Path:
     return cache_root() / "teachers" / name
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def teacher_available() -> bool:
     """Whether the teacher is converted, or can be without a download."""
     return (teacher_folder() / WEIGHTS).is_file() or importlib.util.find_spec(NCNN_PACKAGE) is not None
@@ -223,6 +214,7 @@ def teacher_available() -> bool:
 def convert_teacher(weights: Path | None = None, out: Path | None = None, force: bool = False) -> Path:
     """Convert the teacher's weights (the installed ncnn package's, or `weights`) into a
     safetensors RRDBNet folder (`out`, default the user cache); returns the folder."""
+    from .export.manifest import sha256_file
     from .model_folder import write_weights_file
 
     if weights is None:
@@ -246,7 +238,7 @@ def convert_teacher(weights: Path | None = None, out: Path | None = None, force:
         "shape": RRDBShape().__dict__,
         "provenance": PROVENANCE.format(source=source),
         "licence": "BSD-3-Clause (Real-ESRGAN)",
-        "source_sha256": {p.name: file_sha256(p) for p in sources},
+        "source_sha256": {p.name: sha256_file(p) for p in sources},
     }
     with atomic_folder(folder, force=force, kind="teacher") as tmp:
         write_weights_file(tmp / WEIGHTS, net.state_dict())

@@ -27,7 +27,7 @@ from .data import random_crop
 from .degradations import SEVERITIES, degrade
 from .errors import UserError
 from .model_folder import read_weights_file, write_weights_file
-from .teacher import RRDBNet, file_sha256, teacher_folder
+from .teacher import RRDBNet, teacher_folder
 
 CHUNK = 16
 LEVELS = tuple(SEVERITIES)
@@ -110,6 +110,7 @@ def build_pool(
 
 
 def pool_spec(items: int, lr_size: int, scale: int, seed: int, images: list[np.ndarray]) -> PoolSpec:
+    from .export.manifest import sha256_file
     from .teacher import WEIGHTS
 
     weights = teacher_folder() / WEIGHTS
@@ -117,4 +118,4 @@ def pool_spec(items: int, lr_size: int, scale: int, seed: int, images: list[np.n
         from .teacher import convert_teacher
 
         convert_teacher()
-    return PoolSpec(items, lr_size, scale, seed, content_digest(images), file_sha256(weights))
+    return PoolSpec(items, lr_size, scale, seed, content_digest(images), sha256_file(weights))

@@ -190,7 +190,7 @@ def teacher(weights: str | None, out: str | None, force: bool) -> None:
     from ..teacher import convert_teacher, read_teacher_config, teacher_folder
 
     folder = Path(out) if out else teacher_folder()
-    if out is None and folder.exists() and not force:
+    if out is None and weights is None and folder.exists() and not force:
         click.echo(f"{folder} already holds the converted teacher (--force converts it again)")
     else:
         convert_teacher(Path(weights) if weights else None, folder, force=force)
