@@ -192,6 +192,8 @@ def read_user_weights(path: Path) -> dict[str, torch.Tensor]:
             raise UserError(
                 f"{path}: not a weights-only PyTorch file ({str(exc).splitlines()[0][:100]})"
             ) from None
+    if not isinstance(state, dict):
+        raise UserError(f"{path}: holds a {type(state).__name__}, not a dictionary of tensors")
     for key in ("params_ema", "params"):
         if isinstance(state.get(key), dict):
             state = state[key]  # type: ignore[assignment]
@@ -227,9 +229,8 @@ def convert_teacher(weights: Path | None = None, out: Path | None = None, force:
     try:
         net.load_state_dict(tensors, strict=True)
     except RuntimeError as exc:
-        raise UserError(
-            f"{sources[0]}: not Real-ESRGAN x4plus weights ({str(exc).splitlines()[1][:120]})"
-        ) from None
+        why = [line.strip() for line in str(exc).splitlines() if line.strip()][-1]
+        raise UserError(f"{sources[0]}: not Real-ESRGAN x4plus weights ({why[:120]})") from None
     folder = out or teacher_folder()
     folder.parent.mkdir(parents=True, exist_ok=True)
     config = {

@@ -92,6 +92,11 @@ def test_teacher_command_reads_a_pth_weights_only_and_refuses_other_pickles(
     )
     assert refused.exit_code == 1 and refused.output.startswith("Error: ") and refused.output.count("\n") == 1
     assert not (tmp_path / "t2").exists()
+    torch.save([torch.zeros(1)], tmp_path / "list.pth")
+    listed = CliRunner().invoke(
+        main, ["teacher", "--weights", str(tmp_path / "list.pth"), "--out", str(tmp_path / "t4")]
+    )
+    assert listed.exit_code == 1 and "not a dictionary of tensors" in listed.output
     wrong = {"params_ema": {k: v for k, v in state.items() if not k.startswith("conv_last")}}
     torch.save(wrong, tmp_path / "partial.pth")
     result = CliRunner().invoke(
