@@ -241,23 +241,24 @@ class StageLoss(nn.Module):
 
 
 def initial_model(preset: str, seed: int, config: TrainConfig | None = None) -> MoRSR:
-    """A from-scratch model for training, labelled with its recipe (`config`'s teacher): seeded
-    init, UNet output zeroed (x0 starts as z / sqrt(alpha_bar) instead of a 14.6x-amplified
-    random noise prediction), the decoder's output zeroed where it is a residual, a moderate
-    CLIP logit scale for the learned text embeddings."""
+    """A from-scratch model for training, labelled with its recipe (`config`; a distilled
+    model also runs with the colour-step levels it trains with): seeded init, UNet output
+    zeroed (x0 starts as z / sqrt(alpha_bar) instead of a 14.6x-amplified random noise
+    prediction), the decoder's output zeroed where it is a residual, a moderate CLIP logit
+    scale for the learned text embeddings."""
     from .config import PRESETS
 
     torch.manual_seed(seed)
-    flags = f"--seed {seed}"
-    if config is not None and config.teacher is not None:
-        flags += f" --teacher {config.teacher}"
-        flags += f" --teacher-weight {config.teacher_weight:g}" if config.teacher_weight != 1 else ""
-    label = f"{preset}, trained from scratch by `mor-edge train {flags}`"
+    label = f"{preset}, trained from scratch by `mor-edge train --seed {seed}`"
+    overrides: dict[str, Any] = {}
     if config is not None and config.teacher is not None:
         from .teacher import CREDIT
 
-        label += f", distilled from {CREDIT}"
-    model = MoRSR(PRESETS[preset](label=label))
+        flags = f"--teacher {config.teacher} --colour-levels {config.colour_levels}"
+        flags += f" --teacher-weight {config.teacher_weight:g}" if config.teacher_weight != 1 else ""
+        label = label[:-1] + f" {flags}`, distilled from {CREDIT}"
+        overrides["colour_levels"] = config.colour_levels
+    model = MoRSR(PRESETS[preset](label=label, **overrides))
     zeroed = [model.unet.conv_out]
     if model.config.residual:  # the skip alone at first: the model starts as bicubic
         zeroed.append(model.vae.decoder.conv_out)

@@ -220,10 +220,15 @@ def test_train_with_the_teacher_labels_the_model_and_checks_its_options(
     run = tmp_path / "run"
     args = ["train", "--out", str(run), "--seed", "0", "--estimator-steps", "0", "--base-steps", "2"]
     args += ["--mor-steps", "1", "--batch-size", "2", "--hr-size", "32", "--teacher", "realesrgan-x4plus"]
-    result = CliRunner().invoke(main, [*args, "--pool-items", "16", "--teacher-weight", "0.75"])
+    options = ["--pool-items", "16", "--teacher-weight", "0.75", "--colour-levels", "4"]
+    result = CliRunner().invoke(main, [*args, *options])
     assert result.exit_code == 0, result.output
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     assert log[0]["config"]["teacher"] == "realesrgan-x4plus" and log[0]["config"]["teacher_weight"] == 0.75
+    # trained with the colour step at 4 levels, the distilled model runs with 4 (tiny: 1 otherwise)
+    config = json.loads((run / "model" / "config.json").read_text())
+    assert log[0]["config"]["colour_levels"] == config["colour_levels"] == 4
+    assert "--teacher realesrgan-x4plus --colour-levels 4 --teacher-weight 0.75`" in config["label"]
     assert any(r.get("stage") == "base" for r in log) and any(r.get("stage") == "mor" for r in log)
     info = CliRunner().invoke(main, ["info", str(run / "model")])
     assert "distilled from Real-ESRGAN x4plus" in info.output and "BSD-3-Clause" in info.output

@@ -89,6 +89,13 @@ def recipe_option(flag: str, low: int, high: int, what: str) -> Callable[[F], F]
     f"(default {DEFAULTS.teacher_weight:g}).",
 )
 @recipe_option("--pool-items", 16, 1_000_000, "With --teacher: degraded images the teacher upscales once")
+@recipe_option(
+    "--colour-levels",
+    1,
+    8,
+    "Levels of the colour step while the SR stages train; a model distilled from scratch also "
+    "runs with them (the teacher's sharpening lies below the finest levels)",
+)
 @click.option("--fresh", is_flag=True, help="Ignore an existing checkpoint in --out.")
 @user_errors
 def train(
@@ -106,6 +113,7 @@ def train(
     teacher: str | None,
     teacher_weight: float | None,
     pool_items: int | None,
+    colour_levels: int | None,
     fresh: bool,
 ) -> None:
     """Train a MoR model: CLIP-form estimator, dense base, then MoR experts (tiny preset from
@@ -127,6 +135,7 @@ def train(
             hr_size=hr_size,
             teacher_weight=teacher_weight,
             pool_items=pool_items,
+            colour_levels=colour_levels,
         ).items()
         if v is not None
     }
